@@ -1,0 +1,312 @@
+"""The run configuration: typed, frozen, declared once.
+
+A config is built in three layers, each overriding the one before:
+
+    dataclass defaults (mirrored by configs/base.yaml)  <-  a YAML file  <-  `key.sub=value` overrides
+
+Every key is checked against the dataclasses below: an unknown key is an error that names it and
+suggests the closest valid one; a value of the wrong type is an error naming the key, the expected
+type and the value given. Values derived from the config and the run's world (per-GPU batch, steps
+per epoch, base LR) are computed once, in `derive`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from fastbt.errors import ConfigError
+
+# --------------------------------------------------------------------------------------------
+# The sections. Defaults are the paper recipe (facebookresearch/barlowtwins, main.py).
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    backend: Literal["ffcv", "dali", "torchvision"] = "ffcv"
+    path: str = ""  # a .beton, a folder of DALI shards, or an image folder (torchvision backend)
+    workers: int = 8  # decode processes/threads per training process
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: Literal["resnet18", "resnet34", "resnet50"] = "resnet50"
+    projector: tuple[int, ...] = (8192, 8192, 8192)  # hidden and output sizes after the backbone
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    lambd: float = 0.0051  # weight of the off-diagonal (redundancy reduction) term
+    scale: float = 1.0  # multiplies the loss; 1/world_size reproduces the official gradients
+    mode: Literal["auto", "gram", "direct"] = "auto"
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr_weights: float = 0.2  # multiplies the base LR (batch/256) for weights
+    lr_biases: float = 0.0048  # ... and for biases and BN parameters (p.ndim == 1)
+    weight_decay: float = 1e-6
+    momentum: float = 0.9
+    eta: float = 0.001  # LARS trust coefficient
+    warmup_epochs: float = 10.0
+    final_lr_ratio: float = 0.001  # the cosine ends at base LR x this
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 1000
+    batch_size: int = 2048  # global, over all processes
+    seed: int = 0
+    out_dir: str = "runs/default"
+    checkpoint_every_steps: int = 0  # 0: only by time and at the end
+    checkpoint_every_minutes: float = 30.0
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Compile and precision: how the step runs, not what it computes."""
+
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    channels_last: bool = True
+    compile: bool = True
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune",
+                          "max-autotune-no-cudagraphs"] = "default"
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    every_steps: int = 50  # host syncs for metrics happen only this often
+    progress_bar: bool = True
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    steps: int = 50  # measured steps per phase
+    warmup_steps: int = 10  # excluded from rates, reported apart
+    trace: bool = False  # also write a torch.profiler trace of a few steps
+    trace_steps: int = 5
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# Derived values: computed once, here.
+
+
+@dataclass(frozen=True)
+class Derived:
+    world_size: int
+    per_device_batch: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    base_lr: float  # batch/256, as in the paper
+
+
+def derive(cfg: Config, world_size: int, dataset_size: int) -> Derived:
+    """The numbers that follow from the config, the number of processes and the dataset size."""
+    batch = cfg.train.batch_size
+    if batch % world_size:
+        raise ConfigError(f"train.batch_size={batch} is not divisible by the world size {world_size}")
+    steps_per_epoch = dataset_size // batch  # drop_last, as every loader does
+    if steps_per_epoch == 0:
+        raise ConfigError(f"train.batch_size={batch} is larger than the dataset ({dataset_size} images)")
+    return Derived(
+        world_size=world_size,
+        per_device_batch=batch // world_size,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=cfg.train.epochs * steps_per_epoch,
+        warmup_steps=round(cfg.optim.warmup_epochs * steps_per_epoch),
+        base_lr=batch / 256,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Loading, checking, writing.
+
+
+def load(path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> Config:
+    """Defaults <- YAML file at `path` <- `key.sub=value` overrides, type-checked."""
+    tree = to_dict(Config())
+    if path is not None:
+        _merge(tree, _read_yaml(Path(path)), source=str(path))
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        _merge(tree, _nest(key.strip(), yaml.safe_load(text) if text.strip() else ""),
+               source=f"override {item!r}")
+    return from_dict(tree)
+
+
+def from_dict(tree: dict[str, Any]) -> Config:
+    """Build a Config from a complete nested dict, converting and checking every value."""
+    return _build(Config, tree, prefix="")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists) for YAML."""
+    def plain(v):
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        return v
+    return {k: (to_dict(v) if dataclasses.is_dataclass(v) else plain(v))
+            for k, v in ((f.name, getattr(cfg, f.name)) for f in dataclasses.fields(cfg))}
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def save(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config; `load(path)` reads back an equal Config."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(to_yaml(cfg))
+    tmp.replace(path)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file '{path}' not found") from None
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where else ""
+        raise ConfigError(f"config file '{path}' is not valid YAML{at}: "
+                          f"{getattr(err, 'problem', err)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of sections, "
+                          f"got {type(data).__name__}")
+    return data
+
+
+def _nest(dotted: str, value: Any) -> dict[str, Any]:
+    for part in reversed(dotted.split(".")):
+        value = {part: value}
+    return value
+
+
+def _merge(tree: dict[str, Any], update: dict[str, Any], source: str, prefix: str = "") -> None:
+    """Merge `update` into `tree` in place, refusing keys `tree` does not have."""
+    for key, value in update.items():
+        name = f"{prefix}{key}"
+        if key not in tree:
+            raise ConfigError(f"unknown config key '{name}' in {source}{_suggest(str(key), tree, prefix)}")
+        if isinstance(tree[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{name}' is a section: expected a mapping of its "
+                                  f"keys, got {value!r} in {source}")
+            _merge(tree[key], value, source, prefix=f"{name}.")
+        else:
+            tree[key] = value
+
+
+def _suggest(key: str, tree: dict[str, Any], prefix: str) -> str:
+    close = difflib.get_close_matches(key, list(tree), n=1, cutoff=0.5)
+    if close:
+        return f"; did you mean '{prefix}{close[0]}'?"
+    return f"; valid keys here: {', '.join(prefix + k for k in tree)}"
+
+
+def _build(cls: type, tree: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        hint = hints[f.name]
+        value = tree[f.name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[f.name] = _build(hint, value, prefix=f"{key}.")
+        else:
+            kwargs[f.name] = _convert(value, hint, key)
+    return cls(**kwargs)
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if origin is tuple:
+        args = typing.get_args(hint)
+        inner = f"{args[0].__name__}s" if args[-1] is Ellipsis else f"{len(args)} {args[0].__name__}s"
+        return f"a list of {inner}"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    return getattr(hint, "__name__", str(hint))
+
+
+def _convert(value: Any, hint: Any, key: str) -> Any:
+    """Check `value` against the annotation `hint`, converting where it is lossless."""
+    def wrong() -> ConfigError:
+        return ConfigError(f"config key '{key}' expects {_type_name(hint)}, "
+                           f"got {value!r} ({type(value).__name__})")
+
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):  # Optional[X]
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(value, inner, key)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise wrong()
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise wrong()
+        args = typing.get_args(hint)
+        if args[-1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise wrong()
+        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise wrong()
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong()
+        return value
+    if hint is float:
+        if isinstance(value, bool):
+            raise wrong()
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-6" (no dot) as a string
+            try:
+                number = float(value)
+            except ValueError:
+                raise wrong() from None
+            if math.isfinite(number):
+                return number
+        raise wrong()
+    if hint is str:
+        if not isinstance(value, str):
+            raise wrong()
+        return value
+    raise TypeError(f"config.py declares an unsupported type {hint!r} for '{key}'")

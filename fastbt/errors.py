@@ -1,0 +1,5 @@
+"""Exception types whose message is meant for the user as-is (the CLI prints it in one line)."""
+
+
+class ConfigError(ValueError):
+    """A bad config file, key or value; the message names it."""
