@@ -160,7 +160,30 @@ def load(path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -
 
 def from_dict(tree: dict[str, Any]) -> Config:
     """Build a Config from a complete nested dict, converting and checking every value."""
-    return _build(Config, tree, prefix="")
+    cfg = _build(Config, tree, prefix="")
+    _check_ranges(cfg)
+    return cfg
+
+
+# Range rules, checked after types: (keys, test, what the value must be).
+_RANGES = [
+    (("data.workers", "train.epochs", "train.batch_size", "logging.every_steps", "profile.steps",
+      "profile.trace_steps"), lambda v: v > 0, "> 0"),
+    (("loss.lambd", "loss.scale", "optim.lr_weights", "optim.lr_biases", "optim.weight_decay",
+      "optim.momentum", "optim.eta", "optim.warmup_epochs", "optim.final_lr_ratio",
+      "train.checkpoint_every_steps", "train.checkpoint_every_minutes", "profile.warmup_steps"),
+     lambda v: v >= 0, ">= 0"),
+    (("model.projector",), lambda v: len(v) > 0 and min(v) > 0, "a non-empty list of positive sizes"),
+]
+
+
+def _check_ranges(cfg: Config) -> None:
+    for keys, ok, what in _RANGES:
+        for key in keys:
+            section, name = key.split(".")
+            value = getattr(getattr(cfg, section), name)
+            if not ok(value):
+                raise ConfigError(f"config key '{key}' must be {what}, got {value!r}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -135,3 +135,14 @@ def test_derived_values_refuse_impossible_worlds():
         config.derive(cfg, world_size=8, dataset_size=1000)
     with pytest.raises(ConfigError, match=r"larger than the dataset \(50 images\)"):
         config.derive(cfg, world_size=1, dataset_size=50)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs=0", "config key 'train.epochs' must be > 0, got 0"),
+    ("optim.weight_decay=-1e-6", "config key 'optim.weight_decay' must be >= 0, got -1e-06"),
+    ("model.projector=[]", "config key 'model.projector' must be a non-empty list of positive sizes, got ()"),
+])
+def test_out_of_range_values_are_named(override, message):
+    with pytest.raises(ConfigError) as err:
+        config.load(None, [override])
+    assert str(err.value) == message
