@@ -19,11 +19,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import yaml
 
 from fastbt.errors import ConfigError
+from pipelines.augment import AugSpec
 
 # --------------------------------------------------------------------------------------------
 # The sections. Defaults are the paper recipe (facebookresearch/barlowtwins, main.py).
@@ -33,7 +34,7 @@ from fastbt.errors import ConfigError
 class DataConfig:
     backend: Literal["ffcv", "dali", "torchvision"] = "ffcv"
     path: str = ""  # a .beton, a folder of DALI shards, or an image folder (torchvision backend)
-    workers: int = 8  # decode processes/threads per training process
+    workers: int = 8  # decode processes/threads per training process (torchvision: 0 = in-process)
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class RuntimeConfig:
 
     device: Literal["auto", "cuda", "cpu"] = "auto"
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
-    channels_last: bool = True
+    channels_last: Optional[bool] = None  # None (null): on for CUDA, off for CPU (7x slower there)
     compile: bool = True
     compile_mode: Literal["default", "reduce-overhead", "max-autotune",
                           "max-autotune-no-cudagraphs"] = "default"
@@ -99,6 +100,7 @@ class ProfileConfig:
 @dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
+    aug: AugSpec = field(default_factory=AugSpec)  # the two-view recipe (pipelines/augment.py)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -122,17 +124,23 @@ class Derived:
     base_lr: float  # batch/256, as in the paper
 
 
-def derive(cfg: Config, world_size: int, dataset_size: int) -> Derived:
-    """The numbers that follow from the config, the number of processes and the dataset size."""
+def per_device_batch(cfg: Config, world_size: int) -> int:
     batch = cfg.train.batch_size
     if batch % world_size:
         raise ConfigError(f"train.batch_size={batch} is not divisible by the world size {world_size}")
+    return batch // world_size
+
+
+def derive(cfg: Config, world_size: int, dataset_size: int) -> Derived:
+    """The numbers that follow from the config, the number of processes and the dataset size."""
+    batch = cfg.train.batch_size
+    per_device = per_device_batch(cfg, world_size)
     steps_per_epoch = dataset_size // batch  # drop_last, as every loader does
     if steps_per_epoch == 0:
         raise ConfigError(f"train.batch_size={batch} is larger than the dataset ({dataset_size} images)")
     return Derived(
         world_size=world_size,
-        per_device_batch=batch // world_size,
+        per_device_batch=per_device,
         steps_per_epoch=steps_per_epoch,
         total_steps=cfg.train.epochs * steps_per_epoch,
         warmup_steps=round(cfg.optim.warmup_epochs * steps_per_epoch),
@@ -167,11 +175,12 @@ def from_dict(tree: dict[str, Any]) -> Config:
 
 # Range rules, checked after types: (keys, test, what the value must be).
 _RANGES = [
-    (("data.workers", "train.epochs", "train.batch_size", "logging.every_steps", "profile.steps",
+    (("train.epochs", "train.batch_size", "logging.every_steps", "profile.steps",
       "profile.trace_steps"), lambda v: v > 0, "> 0"),
     (("loss.lambd", "loss.scale", "optim.lr_weights", "optim.lr_biases", "optim.weight_decay",
       "optim.momentum", "optim.eta", "optim.warmup_epochs", "optim.final_lr_ratio",
-      "train.checkpoint_every_steps", "train.checkpoint_every_minutes", "profile.warmup_steps"),
+      "train.checkpoint_every_steps", "train.checkpoint_every_minutes", "profile.warmup_steps",
+      "data.workers"),
      lambda v: v >= 0, ">= 0"),
     (("model.projector",), lambda v: len(v) > 0 and min(v) > 0, "a non-empty list of positive sizes"),
 ]
@@ -197,7 +206,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def to_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
 
 
 def save(cfg: Config, path: str | Path) -> None:
@@ -265,7 +274,10 @@ def _build(cls: type, tree: dict[str, Any], prefix: str) -> Any:
             kwargs[f.name] = _build(hint, value, prefix=f"{key}.")
         else:
             kwargs[f.name] = _convert(value, hint, key)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as err:  # a section's own consistency checks
+        raise ConfigError(f"config section '{prefix.rstrip('.')}': {err}") from None
 
 
 def _type_name(hint: Any) -> str:

@@ -146,3 +146,13 @@ def test_out_of_range_values_are_named(override, message):
     with pytest.raises(ConfigError) as err:
         config.load(None, [override])
     assert str(err.value) == message
+
+
+def test_aug_section_is_the_recipe_and_is_checked():
+    cfg = config.load(None, ["aug.size=96", "aug.view2.solarize_p=0.0"])
+    assert cfg.aug.size == 96 and cfg.aug.view2.solarize_p == 0.0
+    assert cfg.aug.view1.blur_p == 1.0 and cfg.aug.view2.blur_p == 0.1  # the paper's asymmetry
+    with pytest.raises(ConfigError, match=r"config section 'aug.view1': .*hue must be in \[0, 0.5\]"):
+        config.load(None, ["aug.view1.hue=0.7"])
+    with pytest.raises(ConfigError, match="did you mean 'aug.view2.gray_p'"):
+        config.load(None, ["aug.view2.grey_p=0.1"])
