@@ -1,0 +1,363 @@
+"""`fastbt convert` / `fastbt inspect` end to end on a folder holding every kind of odd file,
+read back with the stock readers: ffcv.loader.Loader and nvidia.dali.fn.readers.webdataset (CPU).
+
+The two conversions (one per format) are module fixtures; tests that change a dataset copy it first.
+"""
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastbt.cli import main
+from make_images import flat_image, make_image_folder
+from pipelines import convert as convert_module
+from pipelines import dali_data, manifest
+from pipelines.convert import convert
+from pipelines.errors import DataError
+from pipelines.options import Options
+from pipelines.source import fit_within
+
+R = 32  # max_resolution for every conversion here
+OPTIONS = dict(max_resolution=R, jpeg_quality=90, shard_size=4, max_unreadable=0.5)
+
+
+@dataclass
+class OddFolder:
+    root: object
+    kept: list  # (relative path, label), in the order the datasets hold them
+    unreadable: dict  # relative path -> words its reason must contain
+    ignored: dict
+
+
+def make_odd_folder(root) -> OddFolder:
+    """Every kind of file an ImageNet copy or a user folder holds; see the issue (#4)."""
+    rng = np.random.default_rng(1)
+    make_image_folder(root, classes=("a_cls", "b_cls", "d_cls"), per_class=3,
+                      size=[(64, 48), (40, 60), (20, 16)])
+    (root / "c_empty").mkdir()  # a class without images still gets its label
+
+    def img(size=(64, 48)):
+        return flat_image(size, rng.integers(30, 226, 3), rng)
+
+    img().convert("CMYK").save(root / "a_cls/cmyk.JPEG", "JPEG")
+    img().save(root / "a_cls/png_named.JPEG", "PNG")
+    img().save(root / "a_cls/UPPER.JPG", "JPEG")
+    (root / "a_cls/sub").mkdir()
+    img().save(root / "a_cls/sub/nested.jpeg", "JPEG")
+    img().save(root / "a_cls/.hidden.jpg", "JPEG")
+    (root / "a_cls/._a_cls_0000.JPEG").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+    (root / "a_cls/notes.txt").write_text("not an image")
+    img().convert("L").save(root / "b_cls/gray.jpg", "JPEG")
+    img((1600, 1200)).save(root / "b_cls/big.jpg", "JPEG")  # decoded at 1/8 scale (draft)
+    img().convert("RGBA").save(root / "b_cls/rgba.png")
+    Image.fromarray(np.full((48, 64), 120 * 257, np.uint16)).save(root / "b_cls/gray16.png")
+    jpeg = (root / "a_cls/a_cls_0000.JPEG").read_bytes()
+    (root / "b_cls/x_truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (root / "b_cls/x_empty.JPEG").write_bytes(b"")
+    (root / "b_cls/x_text.jpg").write_text("this is text")
+    (root / "b_cls/x_corrupt.jpg").write_bytes(jpeg[:4] + rng.integers(0, 256, 2000, np.uint8).tobytes())
+    img().save(root / "d_cls/my photo.v2.jpg", "JPEG")  # spaces and dots in the name
+    (root / "d_cls/.cache").mkdir()
+    img().save(root / "d_cls/.cache/thumb.jpg", "JPEG")
+    (root / "stray.jpg").write_bytes(jpeg)
+    (root / ".ipynb_checkpoints").mkdir()
+
+    unreadable = {"b_cls/x_truncated.jpg": "truncated", "b_cls/x_empty.JPEG": "empty file",
+                  "b_cls/x_text.jpg": "not an image", "b_cls/x_corrupt.jpg": "corrupt"}
+    ignored = {"a_cls/.hidden.jpg": "hidden file", "a_cls/._a_cls_0000.JPEG": "hidden file",
+               "a_cls/notes.txt": "not an image extension", "d_cls/.cache/": "hidden folder",
+               "stray.jpg": "not inside a class folder", ".ipynb_checkpoints/": "hidden folder"}
+    kept = ([("a_cls/" + name, 0) for name in ("UPPER.JPG", "a_cls_0000.JPEG", "a_cls_0001.JPEG",
+                                               "a_cls_0002.JPEG", "cmyk.JPEG", "png_named.JPEG",
+                                               "sub/nested.jpeg")]
+            + [("b_cls/" + name, 1) for name in ("b_cls_0000.JPEG", "b_cls_0001.JPEG", "b_cls_0002.JPEG",
+                                                 "big.jpg", "gray.jpg", "gray16.png", "rgba.png")]
+            + [("d_cls/" + name, 3) for name in ("d_cls_0000.JPEG", "d_cls_0001.JPEG", "d_cls_0002.JPEG",
+                                                 "my photo.v2.jpg")])  # by label, then path
+    return OddFolder(root, kept, unreadable, ignored)
+
+
+def expected_image(path):
+    """Size after conversion and mean colour of a source image, computed with plain PIL."""
+    with Image.open(path) as img:
+        if img.mode.startswith("I;16"):  # 16 bits per pixel: the top 8 are kept
+            img = Image.fromarray((np.asarray(img) >> 8).astype(np.uint8))
+        return fit_within(img.size, R), np.asarray(img.convert("RGB")).mean((0, 1))
+
+
+@pytest.fixture(scope="module")
+def odd(tmp_path_factory):
+    return make_odd_folder(tmp_path_factory.mktemp("src") / "train")
+
+
+@pytest.fixture(scope="module")
+def converted(odd, tmp_path_factory):
+    """One conversion per format, made on first use: {format: manifest}."""
+    out, made = tmp_path_factory.mktemp("out"), {}
+
+    def get(fmt):
+        if fmt not in made:
+            made[fmt] = convert(odd.root, out / fmt, Options(fmt, **OPTIONS), workers=2, progress=False,
+                                log=lambda msg: None)
+        return made[fmt]
+    return get
+
+
+# ---- what the conversion holds ---------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["dali", "ffcv"])
+def test_manifest_records_counts_classes_and_every_skipped_file_with_its_reason(odd, converted, fmt):
+    m = manifest.load(converted(fmt).folder, format=fmt)
+    assert m.classes == {"a_cls": 0, "b_cls": 1, "c_empty": 2, "d_cls": 3}
+    assert m.images_per_class == {"a_cls": 7, "b_cls": 7, "c_empty": 0, "d_cls": 4}
+    assert m.num_images == len(odd.kept) == 18
+    skipped = {s["path"]: s for s in m.skipped}
+    assert skipped.keys() == odd.unreadable.keys() | odd.ignored.keys()
+    for path, words in {**odd.unreadable, **odd.ignored}.items():
+        assert words in skipped[path]["reason"]
+        assert skipped[path]["kind"] == ("unreadable" if path in odd.unreadable else "ignored")
+    assert m.options == {"max_resolution": R, "jpeg_quality": 90, "shard_size": 4, "limit": None,
+                         "max_unreadable": 0.5}
+    assert m.fastbt_version and m.source == str(odd.root)
+    on_disk = sorted(p.name for p in m.folder.iterdir())
+    listed = [f.path for f in m.files] + [f.index for f in m.files if f.index]
+    assert on_disk == sorted([manifest.MANIFEST_NAME] + listed)  # no journal, temporary or spool files
+
+
+def _check_against_sources(odd, labels, sizes, means):
+    assert list(labels) == [label for _, label in odd.kept]
+    for (path, _), size, mean in zip(odd.kept, sizes, means):
+        want_size, want_mean = expected_image(odd.root / path)
+        assert tuple(size) == want_size, path
+        np.testing.assert_allclose(mean, want_mean, atol=8, err_msg=path)
+
+
+def test_stock_dali_webdataset_reader_reads_every_image_label_and_size(odd, converted):
+    from nvidia.dali import fn, pipeline_def, types
+
+    m = converted("dali")
+
+    @pipeline_def(batch_size=m.num_images, num_threads=1, device_id=None)
+    def read():
+        jpegs, labels = fn.readers.webdataset(
+            paths=[str(p) for p in m.data_paths()], index_paths=[str(p) for p in m.index_paths()],
+            ext=["jpg", "cls"], missing_component_behavior="error", name="reader")
+        return fn.decoders.image(jpegs, device="cpu", output_type=types.RGB), labels
+
+    pipe = read()
+    pipe.build()
+    assert pipe.epoch_size("reader") == m.num_images
+    images, labels = pipe.run()
+    images = [np.asarray(images.at(i)) for i in range(len(images))]
+    _check_against_sources(odd, [int(bytes(labels.at(i))) for i in range(len(labels))],
+                           [(im.shape[1], im.shape[0]) for im in images], [im.mean((0, 1)) for im in images])
+
+
+def test_stock_ffcv_loader_reads_every_image_and_label(odd, converted):
+    from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.reader import Reader
+
+    m = converted("ffcv")
+    beton = str(m.data_paths()[0])
+    loader = Loader(beton, batch_size=m.num_images, num_workers=1, order=OrderOption.SEQUENTIAL,
+                    pipelines={"image": [CenterCropRGBImageDecoder((16, 16), ratio=1.0)],
+                               "label": [IntDecoder()]})
+    [(images, labels)] = list(loader)
+    meta = Reader(beton).metadata["f0"]  # the stored sizes, as FFCV records them
+    _check_against_sources(odd, labels.ravel().tolist(), zip(meta["width"], meta["height"]),
+                           images.reshape(len(images), -1, 3).mean(1))
+
+
+def test_both_formats_hold_the_same_jpeg_bytes(converted):
+    from pipelines.ffcv_data import beton_contents
+
+    dali, ffcv = converted("dali"), converted("ffcv")
+    in_shards = []
+    for tar in dali.data_paths():
+        data = tar.read_bytes()
+        in_shards += [data[s.offset:s.offset + s.size] for s in dali_data.shard_samples(tar)]
+    *_, jpeg = beton_contents(ffcv.data_paths()[0])
+    assert [jpeg(i) for i in range(ffcv.num_images)] == in_shards
+
+
+def test_a_shard_with_no_readable_file_writes_nothing(odd, tmp_path):
+    job = dali_data.ShardJob(7, ((0, "b_cls/x_empty.JPEG", 1), (1, "b_cls/x_text.jpg", 1)))
+    result = dali_data.write_shard(job, odd.root, tmp_path, R, 90)
+    assert (result.samples, result.bytes, len(result.skipped)) == (0, 0, 2)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---- failing, resuming, refusing -------------------------------------------------------------
+
+def _dali(odd, out, overwrite=False, **options):
+    log = []
+    m = convert(odd.root, out, Options("dali", **{**OPTIONS, **options}), workers=2, overwrite=overwrite,
+                progress=False, log=log.append)
+    return m, log
+
+
+def test_too_many_unreadable_files_fail_with_the_list_and_a_rerun_can_accept_them(odd, tmp_path, capsys):
+    with pytest.raises(DataError, match=r"4 of 22 image files are unreadable \(18.2%, more than"):
+        _dali(odd, tmp_path / "out", max_unreadable=0.01)
+    err = capsys.readouterr().err
+    assert all(path in err for path in odd.unreadable)
+    listed = (tmp_path / "out.partial" / convert_module.UNREADABLE_LIST).read_text()
+    assert sorted(line.split("\t")[0] for line in listed.splitlines()) == sorted(odd.unreadable)
+    assert not (tmp_path / "out").exists()
+
+    m, log = _dali(odd, tmp_path / "out", max_unreadable=0.2)  # the threshold is not part of the plan
+    assert "resume: 6 finished shard(s)" in log[0] and m.num_images == 18
+
+
+def test_nothing_readable_is_an_error(tmp_path):
+    (tmp_path / "src" / "cls").mkdir(parents=True)
+    (tmp_path / "src" / "cls" / "a.jpg").write_bytes(b"")
+    with pytest.raises(DataError, match="none of its 1 image files could be read"):
+        convert(tmp_path / "src", tmp_path / "out", Options("dali"), workers=1, progress=False)
+
+
+def test_an_interrupted_dali_conversion_resumes_keeping_finished_shards(odd, converted, tmp_path,
+                                                                        monkeypatch):
+    out, partial = tmp_path / "out", tmp_path / "out.partial"
+    real_append, calls = convert_module._append, []
+
+    def interrupt_at_the_third_shard(journal, record):
+        calls.append(record)
+        if len(calls) == 4:  # the plan, two shards, then Ctrl-C
+            raise KeyboardInterrupt
+        real_append(journal, record)
+
+    monkeypatch.setattr(convert_module, "_append", interrupt_at_the_third_shard)
+    with pytest.raises(KeyboardInterrupt):
+        _dali(odd, out)
+    monkeypatch.undo()
+    assert not out.exists()
+    finished = [r["index"] for r in calls[1:3]]
+    before = {i: os.stat(partial / f"shard-{i:06d}.tar") for i in finished}
+
+    (partial / "shard-000099.tar.tmp").write_bytes(b"half-written")  # as a killed worker leaves it
+    m, log = _dali(odd, out)
+
+    assert "resume: 2 finished shard(s)" in log[0]
+    for i, st in before.items():  # kept, not rewritten
+        after = os.stat(out / f"shard-{i:06d}.tar")
+        assert (after.st_ino, after.st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
+    reference = converted("dali")  # an uninterrupted conversion: identical shards
+    assert [f.path for f in m.files] == [f.path for f in reference.files]
+    for f in m.files:
+        assert (out / f.path).read_bytes() == (reference.folder / f.path).read_bytes()
+    assert not any(p.name.endswith(".tmp") for p in out.iterdir())
+
+
+def test_resume_redoes_a_finished_shard_that_no_longer_verifies(odd, tmp_path):
+    partial = tmp_path / "out.partial"
+    with pytest.raises(DataError):  # stop after the shards, before the dataset is finished
+        _dali(odd, tmp_path / "out", max_unreadable=0.01)
+    with open(partial / "shard-000001.tar", "r+b") as f:
+        f.truncate(1000)
+    m, log = _dali(odd, tmp_path / "out")
+    assert any("redoing shard 1" in line and "truncated" in line for line in log)
+    assert "resume: 5 finished shard(s)" in log[1]
+    assert manifest.load(m.folder).num_images == 18
+
+
+def test_resume_refuses_other_settings_unless_overwrite(odd, tmp_path):
+    with pytest.raises(DataError):
+        _dali(odd, tmp_path / "out", max_unreadable=0.01)
+    with pytest.raises(DataError, match="other settings .*max_resolution 32 -> 48"):
+        _dali(odd, tmp_path / "out", max_resolution=48)
+    m, _ = _dali(odd, tmp_path / "out", max_resolution=48, overwrite=True)
+    assert m.options["max_resolution"] == 48
+
+
+def test_an_existing_output_is_replaced_only_with_overwrite(odd, converted, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(converted("dali").folder, out)
+    with pytest.raises(DataError, match="already exists; pass --overwrite"):
+        _dali(odd, out)
+    m, _ = _dali(odd, out, overwrite=True, limit=5)
+    assert m.options["limit"] == 5 and not (tmp_path / "out.old").exists()
+
+    foreign = tmp_path / "home"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("precious")
+    with pytest.raises(DataError, match="not a fastbt dataset; refusing to replace it"):
+        convert(odd.root, foreign, Options("dali"), overwrite=True, progress=False)
+    assert (foreign / "thesis.tex").read_text() == "precious"
+
+
+def test_manifest_read_names_the_key_at_fault(converted, tmp_path):
+    folder = tmp_path / "ds"
+    shutil.copytree(converted("dali").folder, folder)
+    path = folder / manifest.MANIFEST_NAME
+    good = json.loads(path.read_text())
+    for change, message in [({"schema": 99}, "'schema' is 99"),
+                            ({"format": "tfrecord"}, "'format' is 'tfrecord'"),
+                            ({"num_images": 17}, "'num_images' is 17 but images_per_class sums to 18"),
+                            ({"classes": {**good["classes"], "a_cls": 9}}, "labels are not 0..C-1")]:
+        path.write_text(json.dumps({**good, **change}))
+        with pytest.raises(DataError, match=message):
+            manifest.read(folder)
+    path.write_text(json.dumps(good))
+    with pytest.raises(DataError, match="holds a dali dataset, not ffcv"):
+        manifest.load(folder, format="ffcv")
+    with pytest.raises(DataError, match="no manifest"):
+        manifest.read(tmp_path)
+
+
+# ---- the command line: convert, inspect ------------------------------------------------------
+
+def test_cli_convert_prints_a_one_line_summary_and_refuses_to_overwrite(odd, tmp_path, capsys):
+    args = ["convert", str(odd.root), str(tmp_path / "out"), "--format", "dali", "--max-resolution", "32",
+            "--shard-size", "8", "--workers", "2", "--max-unreadable", "0.5"]
+    assert main(args) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0] == "note: 1 class folder(s) without a readable image keep their label: c_empty"
+    assert len(out) == 2 and out[1].startswith("converted 18 of 22 image files (4 unreadable, 6 other")
+    assert main(args) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["dali", "ffcv"])
+def test_inspect_verifies_a_good_dataset(converted, capsys, fmt):
+    assert main(["inspect", str(converted(fmt).folder)]) == 0
+    out = capsys.readouterr().out
+    assert f"{fmt} dataset, 18 images in 4 classes" in out
+    assert "verified:" in out and "18 labels in 0..3" in out and "18 image(s) decoded" in out
+
+
+def test_inspect_catches_a_truncated_beton(converted, tmp_path, capsys):
+    folder = tmp_path / "ds"
+    shutil.copytree(converted("ffcv").folder, folder)
+    beton = folder / "data.beton"
+    os.truncate(beton, beton.stat().st_size - 100)
+    assert main(["inspect", str(beton), "--sample", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "data.beton" in err and "truncated" in err
+
+
+def test_inspect_catches_a_missing_shard(converted, tmp_path, capsys):
+    folder = tmp_path / "ds"
+    shutil.copytree(converted("dali").folder, folder)
+    (folder / "shard-000002.tar").unlink()
+    assert main(["inspect", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "shard-000002.tar: missing" in err
+
+
+def test_inspect_catches_a_corrupt_image_inside_a_shard(converted, tmp_path, capsys):
+    folder = tmp_path / "ds"
+    shutil.copytree(converted("dali").folder, folder)
+    tar = folder / "shard-000000.tar"
+    first = dali_data.shard_samples(tar)[0]
+    with open(tar, "r+b") as f:  # same size, broken JPEG header
+        f.seek(first.offset)
+        f.write(b"\x00" * 64)
+    assert main(["inspect", str(folder)]) == 2
+    assert "does not decode" in capsys.readouterr().err
