@@ -81,8 +81,13 @@ def backbone_state(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 
 def export_backbone(checkpoint_path: Path, out: Path) -> int:
     """Write the backbone of a checkpoint as a torchvision state_dict (no fc.*); returns #tensors."""
-    state = load(checkpoint_path)
-    if "model" not in state:
+    try:
+        state = load(checkpoint_path)
+    except FileNotFoundError:
+        raise
+    except Exception as err:
+        raise ValueError(f"{checkpoint_path} is not a readable checkpoint ({type(err).__name__})") from None
+    if not isinstance(state, dict) or "model" not in state:
         raise ValueError(f"{checkpoint_path} is not a fastbt checkpoint (it has no 'model' entry)")
     weights = backbone_state(state["model"])
     atomic_save(weights, Path(out))

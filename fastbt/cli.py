@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from fastbt import __version__
-from fastbt.errors import ConfigError
+from fastbt.errors import ConfigError, RunStopped
 from pipelines.errors import DataError
 
 USER_ERRORS = (ConfigError, DataError)
@@ -36,8 +36,99 @@ def _add_config(sub) -> None:
     p.set_defaults(func=_show_config)
 
 
+def _pretrain(args: argparse.Namespace) -> None:
+    from fastbt import config, loop
+
+    loop.pretrain(config.load(args.config, args.overrides))
+
+
+def _add_pretrain(sub) -> None:
+    p = sub.add_parser("pretrain", help="pretrain Barlow Twins (one process, or under torchrun)",
+                       description="Pretrain from a YAML config. Launch with torchrun for several "
+                                   "GPUs or nodes; rerun in the same train.out_dir to resume.")
+    _add_config_args(p)
+    p.set_defaults(func=_pretrain)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from fastbt import checkpoint
+
+    try:
+        n = checkpoint.export_backbone(args.checkpoint, args.out)
+    except (FileNotFoundError, ValueError) as err:
+        raise DataError(str(err)) from None
+    print(f"wrote {n} backbone tensors (torchvision format, no fc.*) to {args.out}")
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write a checkpoint's backbone as a torchvision state_dict")
+    p.add_argument("checkpoint", help="a fastbt checkpoint (ckpt_*.pt)")
+    p.add_argument("out", help="output file, e.g. resnet50.pth")
+    p.set_defaults(func=_export)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from pipelines.convert import convert
+    from pipelines.options import Options
+
+    options = Options(args.format, args.max_resolution, args.jpeg_quality, args.shard_size, args.limit,
+                      args.max_unreadable)
+    try:
+        convert(args.src, args.out, options, workers=args.workers, overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        print(f"\nfastbt convert: interrupted; run the same command again to resume "
+              f"(finished shards are kept in {args.out}.partial)", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _add_convert(sub) -> None:
+    from pipelines import options as c  # standard library only; the work is imported by _convert
+
+    p = sub.add_parser("convert", help="convert an ImageNet-layout folder to FFCV or DALI format",
+                       description="Convert SRC/<class>/<image> into the dataset folder OUT: FFCV "
+                                   "(OUT/data.beton) or DALI webdataset shards (OUT/shard-*.tar + "
+                                   ".idx), with OUT/manifest.json. Labels are the sorted class-folder "
+                                   "names. Rerun the same command to resume an interrupted conversion.")
+    p.add_argument("src", help="ImageNet-layout folder: SRC/<class>/<image>")
+    p.add_argument("out", help="dataset folder to create (built in OUT.partial, renamed when done)")
+    p.add_argument("--format", required=True, choices=c.FORMATS)
+    p.add_argument("--max-resolution", type=int, default=c.MAX_RESOLUTION, metavar="R",
+                   help="resize so the longest side is at most R (default %(default)s)")
+    p.add_argument("--jpeg-quality", type=int, default=c.JPEG_QUALITY, metavar="Q",
+                   help="JPEG quality of the stored images (default %(default)s)")
+    p.add_argument("--workers", type=int, default=None, metavar="W",
+                   help="processes (default: all CPU cores available)")
+    p.add_argument("--shard-size", type=int, default=c.SHARD_SIZE, metavar="S",
+                   help="images per shard (default %(default)s); the unit of parallelism and resume")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="convert only N files, evenly spread over the sorted list (quick trials)")
+    p.add_argument("--max-unreadable", type=float, default=c.MAX_UNREADABLE, metavar="F",
+                   help="fail if more than this fraction of image files cannot be decoded "
+                        "(default %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=_convert)
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    from pipelines.verify import inspect
+
+    inspect(args.path, sample=args.sample)
+
+
+def _add_inspect(sub) -> None:
+    p = sub.add_parser("inspect", help="summarize and verify a converted dataset",
+                       description="Print a converted dataset's manifest summary and verify it: "
+                                   "files present with the listed sizes, sample counts, labels in "
+                                   "range, images decode.")
+    p.add_argument("path", help="dataset folder (or its manifest.json or data.beton)")
+    p.add_argument("--sample", type=int, default=None, metavar="N",
+                   help="decode N images chosen at random (default: all)")
+    p.set_defaults(func=_inspect)
+
+
 # Subcommands, in the order `--help` lists them.
-SUBCOMMANDS = [_add_config]
+SUBCOMMANDS = [_add_config, _add_pretrain, _add_export, _add_convert, _add_inspect]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         print(f"fastbt {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RunStopped as err:
+        print(f"fastbt {args.command}: stopped: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -3,3 +3,7 @@
 
 class ConfigError(ValueError):
     """A bad config file, key or value; the message names it."""
+
+
+class RunStopped(RuntimeError):
+    """A run stopped itself for a reason the message gives (e.g. a non-finite loss)."""

@@ -38,7 +38,11 @@ def build_projector(sizes: Sequence[int]) -> nn.Sequential:
 
 
 class BarlowTwinsNet(nn.Module):
-    """image batch -> projector embedding. The loss (and its batch normalization) lives apart."""
+    """Two views -> two projector embeddings. The loss (and its batch normalization) lives apart.
+
+    Both views go through one `forward` call, as in the official code: DDP expects one forward per
+    backward, and each view keeps its own BatchNorm statistics (the views are not concatenated).
+    """
 
     def __init__(self, arch: str = "resnet50", projector: Sequence[int] = (8192, 8192, 8192)):
         super().__init__()
@@ -46,8 +50,11 @@ class BarlowTwinsNet(nn.Module):
         self.projector = build_projector([width, *projector])
         self.embedding_dim = projector[-1]
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.projector(self.backbone(images))
+
+    def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.embed(view1), self.embed(view2)
 
 
 def build_model(arch: str, projector: Sequence[int], channels_last: bool = True) -> BarlowTwinsNet:

@@ -66,3 +66,9 @@ def test_export_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
     torch.save({"something": torch.zeros(1)}, tmp_path / "x.pt")
     with pytest.raises(ValueError, match="x.pt is not a fastbt checkpoint"):
         checkpoint.export_backbone(tmp_path / "x.pt", tmp_path / "out.pth")
+
+
+def test_export_refuses_a_damaged_file(tmp_path):
+    (tmp_path / "bad.pt").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="bad.pt is not a readable checkpoint"):
+        checkpoint.export_backbone(tmp_path / "bad.pt", tmp_path / "out.pth")

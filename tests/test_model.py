@@ -20,7 +20,8 @@ def test_backbone_keys_are_torchvision_minus_fc(arch, width):
 def test_output_shapes_and_channels_last():
     model = build_model("resnet18", (64, 64, 32)).train()
     x = torch.randn(4, 3, 64, 64).to(memory_format=torch.channels_last)
-    assert model(x).shape == (4, 32)
+    z1, z2 = model(x, x.flip(0))
+    assert z1.shape == z2.shape == (4, 32)
     assert model.backbone(x).shape == (4, 512)
     conv = model.backbone.conv1.weight
     assert conv.is_contiguous(memory_format=torch.channels_last)

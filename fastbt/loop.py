@@ -1,0 +1,199 @@
+"""`pretrain(cfg)`: wire the parts together and run the loop, top to bottom.
+
+config -> loader (crops + augmentation on the device) -> model (global BN, DDP) -> TrainStep
+(compiled forward, fused loss, LARS) -> every N steps: one host sync for metrics, the non-finite
+check, the preemption check -> checkpoints by step count, by time, on preemption and at the end.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as torch_dist
+from tqdm import tqdm
+
+import pipelines
+from fastbt import checkpoint, config, dist
+from fastbt.config import Config
+from fastbt.errors import RunStopped
+from fastbt.meter import Meter
+from fastbt.model import build_model
+from fastbt.norm import use_global_batch_norm
+from fastbt.optim import build_optimizer, lr_at, set_lr
+from fastbt.runlog import RunLog
+from fastbt.step import TrainStep, use_channels_last
+
+
+class NonFiniteLoss(RunStopped):
+    pass
+
+
+class PreemptionFlag:
+    """SIGTERM / SIGUSR1 (what schedulers send before a kill) set a flag the loop polls."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def restore(self):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+class NonFiniteWatch:
+    """Remembers, on the device, the first step whose loss was not finite; no sync until check()."""
+
+    def __init__(self, device: torch.device):
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+
+    def update(self, loss: torch.Tensor, step: int) -> None:
+        bad = ~torch.isfinite(loss) & (self.first_bad < 0)
+        self.first_bad = torch.where(bad, step, self.first_bad)
+
+    def check(self, last_checkpoint: str | None) -> None:
+        step = int(self.first_bad.item())
+        if step >= 0:
+            kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else \
+                "no checkpoint was written before it"
+            raise NonFiniteLoss(f"the loss became non-finite at step {step}; stopping ({kept})")
+
+
+def pretrain(cfg: Config) -> Path:
+    world = dist.init(cfg.runtime.device)
+    try:
+        return _pretrain(cfg, world)
+    finally:
+        dist.teardown()
+
+
+def _pretrain(cfg: Config, world: dist.World) -> Path:
+    run_dir = Path(cfg.train.out_dir)
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config.save(cfg, run_dir / "config.yaml")
+    dist.seed_everything(cfg.train.seed)
+    group = torch_dist.group.WORLD if world.distributed else None
+
+    loader = pipelines.build_loader(
+        cfg.data.backend, cfg.data.path, aug=cfg.aug, batch_size=config.per_device_batch(cfg, world.size),
+        device=world.device, rank=world.rank, world_size=world.size, seed=cfg.train.seed,
+        workers=cfg.data.workers)
+    derived = config.derive(cfg, world.size, loader.dataset_size)
+    if len(loader) != derived.steps_per_epoch:
+        raise RuntimeError(f"the {cfg.data.backend} loader gives {len(loader)} batches per epoch on "
+                           f"rank {world.rank}, expected {derived.steps_per_epoch}")
+
+    channels_last = use_channels_last(cfg.runtime.channels_last, world.device)
+    model = build_model(cfg.model.arch, cfg.model.projector, channels_last).to(world.device)
+    model = use_global_batch_norm(model, world.device, group)
+    optimizer = build_optimizer(model, cfg.optim.weight_decay, cfg.optim.momentum, cfg.optim.eta)
+    step = _resume(run_dir, model, optimizer, world)
+    trained = (torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+               if world.distributed else model)
+    train_step = TrainStep(trained, optimizer, cfg.loss.lambd, cfg.loss.scale, cfg.loss.mode,
+                           world.device, cfg.runtime.precision, cfg.runtime.compile,
+                           cfg.runtime.compile_mode, channels_last, group)
+
+    def save_checkpoint() -> str:
+        watch.check(last_checkpoint)  # never save weights that came from a non-finite loss
+        if world.is_main:
+            path = checkpoint.save(run_dir, step, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                "epoch": step // derived.steps_per_epoch, "config": config.to_dict(cfg),
+                "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}})
+            return str(path)
+        return last_checkpoint
+
+    log = RunLog(run_dir / "log.jsonl" if world.is_main else None)
+    dist.print0(world, f"fastbt: {world.size} process(es) on {world.device.type}, "
+                       f"{derived.per_device_batch} pairs per process per step, "
+                       f"{derived.steps_per_epoch} steps per epoch, {derived.total_steps} steps; "
+                       f"run directory {run_dir}" + (f"; resuming at step {step}" if step else ""))
+    bar = tqdm(total=derived.total_steps, initial=step, unit="step", dynamic_ncols=True,
+               disable=not (world.is_main and cfg.logging.progress_bar))
+    meter = Meter(world.device, derived.per_device_batch)
+    watch = NonFiniteWatch(world.device)
+    preemption = PreemptionFlag()
+    last_checkpoint = checkpoint.checkpoints(run_dir)[0] if checkpoint.checkpoints(run_dir) else None
+    last_checkpoint_time = time.monotonic()
+    first_report = True
+    try:
+        while step < derived.total_steps:
+            epoch, offset = divmod(step, derived.steps_per_epoch)
+            loader.set_epoch(epoch)
+            batches = iter(loader)
+            for _ in range(offset):  # resumed mid-epoch: replay the same order, skip what was done
+                next(batches)
+            for _ in range(offset, derived.steps_per_epoch):
+                meter.data_wait_start()
+                view1, view2 = next(batches)
+                meter.data_wait_end()
+                lrs = lr_at(step, total_steps=derived.total_steps, warmup_steps=derived.warmup_steps,
+                            base_lr=derived.base_lr, final_ratio=cfg.optim.final_lr_ratio,
+                            multipliers=(cfg.optim.lr_weights, cfg.optim.lr_biases))
+                set_lr(optimizer, lrs)
+                loss = train_step(view1, view2)
+                step += 1  # steps done; the log and messages count from 1
+                watch.update(loss, step)
+                bar.update(1)
+
+                stop = False
+                if step % cfg.logging.every_steps == 0 or step == derived.total_steps:
+                    watch.check(last_checkpoint)
+                    rates = meter.report()
+                    record = {"step": step, "epoch": step / derived.steps_per_epoch,
+                              "loss": loss.item(), "lr": lrs[0],
+                              "pairs_per_s": rates.pairs_per_s * world.size,
+                              "pairs_per_s_per_process": rates.pairs_per_s,
+                              "data_wait_frac": rates.data_wait_frac,
+                              "includes_warmup": first_report}  # compile and first-batch costs
+                    first_report = False
+                    log.write(record)
+                    bar.set_postfix(loss=f"{record['loss']:.2f}", pairs_s=f"{record['pairs_per_s']:.0f}")
+                    stop = dist.any_rank(preemption.requested, world)
+
+                every = cfg.train.checkpoint_every_steps
+                due = (every and step % every == 0) or \
+                    time.monotonic() - last_checkpoint_time > 60 * cfg.train.checkpoint_every_minutes
+                if stop or (due and step < derived.total_steps):
+                    last_checkpoint = save_checkpoint()
+                    last_checkpoint_time = time.monotonic()
+                    meter.restart()
+                if stop:
+                    dist.print0(world, f"fastbt: preempted; checkpoint {last_checkpoint} written "
+                                       f"at step {step}, exiting")
+                    return run_dir
+                if step == derived.total_steps:
+                    break
+        last_checkpoint = save_checkpoint()
+        if world.is_main:
+            weights = checkpoint.backbone_state(model.state_dict())
+            checkpoint.atomic_save(weights, run_dir / "backbone.pth")
+        dist.print0(world, f"fastbt: done; backbone weights in {run_dir / 'backbone.pth'}")
+        return run_dir
+    finally:
+        preemption.restore()
+        bar.close()
+
+
+def _resume(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+            world: dist.World) -> int:
+    """Load the newest valid checkpoint of `run_dir` (every rank reads it), return its step."""
+    state = checkpoint.load_latest(run_dir, map_location=world.device)
+    if state is None:
+        return 0
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"].cpu())
+    random.setstate(state["rng"]["python"])
+    dist.print0(world, f"fastbt: resumed from {state['path']}")
+    return int(state["step"])

@@ -1,0 +1,184 @@
+"""The reference backend: an image folder read with PIL in DataLoader workers.
+
+Two things live here:
+- `torchvision_crops`: a crop source like the FFCV and DALI ones (random-resized-crop + flip of
+  both views in PIL, uint8 to the device), so all three backends share the batched augmentation;
+- `official_transform`: the official Barlow Twins two-view transform, everything in PIL per image
+  (facebookresearch/barlowtwins main.py), the baseline the fast pipelines are measured against.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import torch
+from PIL import ImageFilter, ImageOps
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from pipelines.augment import AugSpec, ViewSpec
+from pipelines.errors import DataError
+from pipelines.loader import batch_seed
+from pipelines.source import UnreadableImage, read_rgb, scan
+
+_INTERPOLATION = {"bicubic": v2.InterpolationMode.BICUBIC, "bilinear": v2.InterpolationMode.BILINEAR}
+
+
+def crop_and_flip(view: ViewSpec, size: int, interpolation: str = "bicubic") -> v2.Compose:
+    """The geometric half of a view, as torchvision does it: random-resized-crop, then flip."""
+    return v2.Compose([
+        v2.RandomResizedCrop(size, scale=view.crop_scale, ratio=view.crop_ratio,
+                             interpolation=_INTERPOLATION[interpolation], antialias=True),
+        v2.RandomHorizontalFlip(view.flip_p),
+    ])
+
+
+def _read(root: Path, sample):
+    try:
+        return read_rgb(root / sample.path)
+    except UnreadableImage as err:  # found mid-run: stop with the file's name, not a traceback
+        raise DataError(f"{root / sample.path}: {err}") from None
+
+
+class _TwoCrops(Dataset):
+    """Image i -> (crop1, crop2, label); crops are uint8 CHW, seeded by (seed, epoch, i)."""
+
+    def __init__(self, root: Path, samples, aug: AugSpec, seed: int):
+        self.root = root
+        self.samples = samples
+        self.views = [crop_and_flip(v, aug.size, aug.interpolation) for v in (aug.view1, aug.view2)]
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        sample = self.samples[i]
+        image = _read(self.root, sample)
+        torch.manual_seed(batch_seed(self.seed, 0, self.epoch, i))  # crops independent of worker
+        crops = [TF.pil_to_tensor(view(image)) for view in self.views]
+        return crops[0], crops[1], sample.label
+
+
+class ShardedShuffle(Sampler):
+    """A seeded per-epoch permutation; rank r takes every world_size-th index of it, all ranks
+    the same count (the remainder is dropped, as DistributedSampler(drop_last=True) does)."""
+
+    def __init__(self, n: int, rank: int, world_size: int, seed: int):
+        self.n, self.rank, self.world_size, self.seed = n, rank, world_size, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n // self.world_size
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        return iter(order[self.rank::self.world_size][:len(self)].tolist())
+
+
+class TorchvisionCrops:
+    """Crop source over an ImageNet-layout folder (see pipelines.loader.CropSource)."""
+
+    def __init__(self, path: str, aug: AugSpec, batch_size: int, device, rank: int, world_size: int,
+                 seed: int, workers: int):
+        source = scan(path)
+        if not source.samples:
+            raise DataError(f"{path}: no images found under its class folders")
+        self.dataset_size = len(source.samples)
+        self.num_classes = len(source.classes)
+        self.device = torch.device(device)
+        self.dataset = _TwoCrops(Path(path), source.samples, aug, seed)
+        self.sampler = ShardedShuffle(self.dataset_size, rank, world_size, seed)
+        self.loader = DataLoader(self.dataset, batch_size=batch_size, sampler=self.sampler,
+                                 num_workers=workers, drop_last=True,
+                                 pin_memory=self.device.type == "cuda")
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+        self.dataset.epoch = epoch  # workers start per epoch and take a copy of the dataset
+
+    def __iter__(self):
+        for crops1, crops2, labels in self.loader:
+            yield (_to_device(crops1, self.device), _to_device(crops2, self.device),
+                   labels.to(self.device, non_blocking=True))
+
+
+def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+
+
+def torchvision_crops(path: str, *, aug: AugSpec, batch_size: int, device, rank: int = 0,
+                      world_size: int = 1, seed: int = 0, workers: int = 2) -> TorchvisionCrops:
+    return TorchvisionCrops(path, aug, batch_size, device, rank, world_size, seed, workers)
+
+
+# ---- the official transform (baseline) ---------------------------------------------------------
+
+class _PILGaussianBlur:
+    """The official blur: PIL's GaussianBlur with radius (sigma) ~ U(lo, hi), applied with p."""
+
+    def __init__(self, p: float, sigma: tuple[float, float]):
+        self.p, self.sigma = p, sigma
+
+    def __call__(self, img):
+        if random.random() < self.p:
+            return img.filter(ImageFilter.GaussianBlur(random.uniform(*self.sigma)))
+        return img
+
+
+class _PILSolarize:
+    def __init__(self, p: float, threshold: float):
+        self.p, self.threshold = p, math.ceil(threshold * 255)  # uint8 v >= 255 t  <=>  v >= ceil(255 t)
+
+    def __call__(self, img):
+        return ImageOps.solarize(img, self.threshold) if random.random() < self.p else img
+
+
+def official_transform(view: ViewSpec, aug: AugSpec) -> v2.Compose:
+    """One view of the official per-image PIL transform: PIL image in, normalized float CHW out."""
+    return v2.Compose([
+        crop_and_flip(view, aug.size, aug.interpolation),
+        v2.RandomApply([v2.ColorJitter(view.brightness, view.contrast, view.saturation, view.hue)],
+                       p=view.jitter_p),
+        v2.RandomGrayscale(view.gray_p),
+        _PILGaussianBlur(view.blur_p, view.blur_sigma),
+        _PILSolarize(view.solarize_p, view.solarize_threshold),
+        v2.PILToTensor(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(aug.mean, aug.std),
+    ])
+
+
+# ---- evaluation: one center crop per image ---------------------------------------------------
+
+class _CenterCrops(Dataset):
+    def __init__(self, root: Path, samples, transform):
+        self.root, self.samples, self.transform = root, samples, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        sample = self.samples[i]
+        return self.transform(_read(self.root, sample)), sample.label
+
+
+def center_crop_loader(path: str, *, size: int, resize: int, mean, std, batch_size: int,
+                       workers: int = 2) -> DataLoader:
+    """(images, labels) batches in dataset order: resize the short side to `resize`, center-crop
+    `size`, normalize (the standard evaluation transform, e.g. 256 / 224)."""
+    source = scan(path)
+    transform = v2.Compose([v2.PILToTensor(), v2.Resize(resize, antialias=True), v2.CenterCrop(size),
+                            v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+    return DataLoader(_CenterCrops(Path(path), source.samples, transform), batch_size=batch_size,
+                      num_workers=workers)
