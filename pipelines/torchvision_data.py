@@ -173,12 +173,31 @@ class _CenterCrops(Dataset):
         return self.transform(_read(self.root, sample)), sample.label
 
 
-def center_crop_loader(path: str, *, size: int, resize: int, mean, std, batch_size: int,
-                       workers: int = 2) -> DataLoader:
-    """(images, labels) batches in dataset order: resize the short side to `resize`, center-crop
-    `size`, normalize (the standard evaluation transform, e.g. 256 / 224)."""
+def center_crop_loader(path: str, *, size: int, resize: int, mean, std, batch_size: int, device="cpu",
+                       rank: int = 0, world_size: int = 1, workers: int = 2):
+    """(images, labels) batches on `device` in dataset order (rank r: its contiguous share):
+    resize the short side to `resize`, center-crop `size`, normalize (e.g. 256 / 224)."""
     source = scan(path)
+    samples = source.samples
+    share = -(-len(samples) // world_size)
+    samples = samples[rank * share:(rank + 1) * share]
     transform = v2.Compose([v2.PILToTensor(), v2.Resize(resize, antialias=True), v2.CenterCrop(size),
                             v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
-    return DataLoader(_CenterCrops(Path(path), source.samples, transform), batch_size=batch_size,
-                      num_workers=workers)
+    device = torch.device(device)
+    loader = DataLoader(_CenterCrops(Path(path), samples, transform), batch_size=batch_size,
+                        num_workers=workers, pin_memory=device.type == "cuda")
+    return _OnDevice(loader, device)
+
+
+class _OnDevice:
+    """A re-iterable view of a DataLoader whose batches are moved to `device`."""
+
+    def __init__(self, loader: DataLoader, device: torch.device):
+        self.loader, self.device = loader, device
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for images, labels in self.loader:
+            yield images.to(self.device, non_blocking=True), labels.to(self.device)
