@@ -1,4 +1,4 @@
-"""`pretrain(cfg)`: wire the parts together and run the loop, top to bottom.
+"""`pretrain(cfg)`: run the loop over the parts `fastbt.run.build_run` wires, top to bottom.
 
 config -> loader (crops + augmentation on the device) -> model (global BN, DDP) -> TrainStep
 (compiled forward, fused loss, LARS) -> every N steps: one host sync for metrics, the non-finite
@@ -13,19 +13,14 @@ import time
 from pathlib import Path
 
 import torch
-import torch.distributed as torch_dist
 from tqdm import tqdm
 
-import pipelines
 from fastbt import checkpoint, config, dist
 from fastbt.config import Config
 from fastbt.errors import RunStopped
 from fastbt.meter import Meter
-from fastbt.model import build_model
-from fastbt.norm import use_global_batch_norm
-from fastbt.optim import build_optimizer, lr_at, set_lr
+from fastbt.run import build_run
 from fastbt.runlog import RunLog
-from fastbt.step import TrainStep, use_channels_last
 
 
 class NonFiniteLoss(RunStopped):
@@ -80,28 +75,9 @@ def _pretrain(cfg: Config, world: dist.World) -> Path:
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         config.save(cfg, run_dir / "config.yaml")
-    dist.seed_everything(cfg.train.seed)
-    group = torch_dist.group.WORLD if world.distributed else None
-
-    loader = pipelines.build_loader(
-        cfg.data.backend, cfg.data.path, aug=cfg.aug, batch_size=config.per_device_batch(cfg, world.size),
-        device=world.device, rank=world.rank, world_size=world.size, seed=cfg.train.seed,
-        workers=cfg.data.workers)
-    derived = config.derive(cfg, world.size, loader.dataset_size)
-    if len(loader) != derived.steps_per_epoch:
-        raise RuntimeError(f"the {cfg.data.backend} loader gives {len(loader)} batches per epoch on "
-                           f"rank {world.rank}, expected {derived.steps_per_epoch}")
-
-    channels_last = use_channels_last(cfg.runtime.channels_last, world.device)
-    model = build_model(cfg.model.arch, cfg.model.projector, channels_last).to(world.device)
-    model = use_global_batch_norm(model, world.device, group)
-    optimizer = build_optimizer(model, cfg.optim.weight_decay, cfg.optim.momentum, cfg.optim.eta)
-    step = _resume(run_dir, model, optimizer, world)
-    trained = (torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
-               if world.distributed else model)
-    train_step = TrainStep(trained, optimizer, cfg.loss.lambd, cfg.loss.scale, cfg.loss.mode,
-                           world.device, cfg.runtime.precision, cfg.runtime.compile,
-                           cfg.runtime.compile_mode, channels_last, group)
+    run = build_run(cfg, world)
+    loader, derived, model, optimizer = run.loader, run.derived, run.model, run.optimizer
+    step = _resume(run_dir, model, optimizer, world)  # after DDP's broadcast: every rank loads it
 
     def save_checkpoint() -> str:
         watch.check(last_checkpoint)  # never save weights that came from a non-finite loss
@@ -137,11 +113,8 @@ def _pretrain(cfg: Config, world: dist.World) -> Path:
                 meter.data_wait_start()
                 view1, view2 = next(batches)
                 meter.data_wait_end()
-                lrs = lr_at(step, total_steps=derived.total_steps, warmup_steps=derived.warmup_steps,
-                            base_lr=derived.base_lr, final_ratio=cfg.optim.final_lr_ratio,
-                            multipliers=(cfg.optim.lr_weights, cfg.optim.lr_biases))
-                set_lr(optimizer, lrs)
-                loss = train_step(view1, view2)
+                lrs = run.set_lr(step)
+                loss = run.train_step(view1, view2)
                 step += 1  # steps done; the log and messages count from 1
                 watch.update(loss, step)
                 bar.update(1)

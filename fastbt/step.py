@@ -61,9 +61,13 @@ class TrainStep:
         return barlow_twins_loss(z1, z2, self.lambd, scale=self.loss_scale * self.world,
                                  mode=self.loss_mode, group=self.group)
 
+    def update(self) -> None:
+        """Apply the accumulated gradients (LARS) and clear them."""
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
     def __call__(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
         loss = self.loss(view1, view2)
         loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.update()
         return loss.detach() / self.world

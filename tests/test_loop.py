@@ -13,7 +13,7 @@ import torchvision
 
 from fastbt import checkpoint, config, loop, runlog
 from fastbt.demo_data import make_demo_folder
-from fastbt.model import build_model
+from fastbt.step import TrainStep
 
 import distributed
 
@@ -66,7 +66,7 @@ def test_a_resumed_run_equals_the_uninterrupted_run(images, tmp_path, monkeypatc
     whole = final_weights(loop.pretrain(tiny_config(images, tmp_path / "whole", *settings)))
 
     calls = {"n": 0}
-    real_step = loop.TrainStep.__call__
+    real_step = TrainStep.__call__
 
     def crash_at_step_8(self, view1, view2):
         calls["n"] += 1
@@ -74,11 +74,11 @@ def test_a_resumed_run_equals_the_uninterrupted_run(images, tmp_path, monkeypatc
             raise Crash()
         return real_step(self, view1, view2)
 
-    monkeypatch.setattr(loop.TrainStep, "__call__", crash_at_step_8)
+    monkeypatch.setattr(TrainStep, "__call__", crash_at_step_8)
     with pytest.raises(Crash):
         loop.pretrain(tiny_config(images, tmp_path / "split", *settings))
     assert [p.name for p in checkpoint.checkpoints(tmp_path / "split")][0] == "ckpt_000000006.pt"
-    monkeypatch.setattr(loop.TrainStep, "__call__", real_step)
+    monkeypatch.setattr(TrainStep, "__call__", real_step)
     resumed = final_weights(loop.pretrain(tiny_config(images, tmp_path / "split", *settings)))
 
     assert resumed.keys() == whole.keys()
@@ -87,7 +87,7 @@ def test_a_resumed_run_equals_the_uninterrupted_run(images, tmp_path, monkeypatc
 
 
 def test_a_non_finite_loss_stops_the_run_and_names_the_step(images, tmp_path, monkeypatch):
-    real_loss = loop.TrainStep.loss
+    real_loss = TrainStep.loss
     calls = {"n": 0}
 
     def nan_from_step_5(self, view1, view2):
@@ -95,7 +95,7 @@ def test_a_non_finite_loss_stops_the_run_and_names_the_step(images, tmp_path, mo
         loss = real_loss(self, view1, view2)
         return loss * float("nan") if calls["n"] >= 5 else loss
 
-    monkeypatch.setattr(loop.TrainStep, "loss", nan_from_step_5)
+    monkeypatch.setattr(TrainStep, "loss", nan_from_step_5)
     cfg = tiny_config(images, tmp_path / "nan", "train.epochs=2", "train.checkpoint_every_steps=2",
                       "logging.every_steps=3")
     with pytest.raises(loop.NonFiniteLoss, match=r"non-finite at step 5; stopping \(the last good "

@@ -1,0 +1,70 @@
+"""What the profile's numbers say: what bounds the run, what to fix first, how long the run takes,
+how much of the device's peak the step uses. Pure functions of measured numbers.
+
+Bound: the loader alone delivers L pairs/s, the step alone consumes S pairs/s; the run is
+input-bound when L < S and compute-bound otherwise, by the factor max/min. End to end reaches at
+most min(L, S); how close it gets says how well loading overlaps with computing.
+"""
+
+from __future__ import annotations
+
+INPUT_PHASES = ("data_wait", "host_to_device", "augmentation")
+COMPUTE_PHASES = ("forward", "loss", "backward", "optimizer", "grad_comm")
+PHASES = INPUT_PHASES + COMPUTE_PHASES
+
+HINTS = {
+    "data_wait": "decode + crop (the crop source): more data.workers, or a faster data.backend",
+    "host_to_device": "the host-to-device copy: decode on the device (DALI), pinned memory",
+    "augmentation": "the photometric augmentation on the device (pipelines/augment.py)",
+    "forward": "the model's forward: runtime.compile, bf16, channels-last",
+    "loss": "the loss op: loss.mode, or a smaller projector",
+    "backward": "the model's backward: runtime.compile, bf16, channels-last",
+    "optimizer": "the optimizer step (LARS)",
+    "grad_comm": "gradient communication: interconnect, DDP bucket size",
+}
+
+POOR_OVERLAP = 0.8  # end to end below this share of min(L, S): loading and computing take turns
+
+# Dense bf16 tensor-core peaks, FLOP/s per GPU, matched in order against the device name.
+PEAK_BF16 = (
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H200", 989e12),  # also GH200
+    ("H100", 989e12),  # SXM
+    ("A100", 312e12),
+    ("V100", 125e12),  # fp16: V100 has no bf16 tensor cores
+)
+
+
+def device_peak(device_name: str | None, dtype: str) -> float | None:
+    """The device's dense peak FLOP/s for `dtype` ('bf16' or 'fp32'), where the table knows it."""
+    if device_name is None or dtype != "bf16":
+        return None
+    return next((peak for key, peak in PEAK_BF16 if key in device_name), None)
+
+
+def judge(loader: float, step: float, end_to_end: float, phases: dict[str, float | None]) -> dict:
+    """The verdict from the three rates (pairs/s, per process) and the mean phase times."""
+    input_bound = loader < step
+    slower, faster = min(loader, step), max(loader, step)
+    candidates = {p: phases[p] for p in (INPUT_PHASES if input_bound else COMPUTE_PHASES)
+                  if phases.get(p) is not None}
+    fix_first = max(candidates, key=candidates.get)
+    overlap = end_to_end / slower
+    bound = "input" if input_bound else "compute"
+    summary = (f"{bound}-bound: the loader alone delivers {loader:.1f} pairs/s, the step alone "
+               f"consumes {step:.1f} ({faster / slower:.2f}x); end to end reaches {end_to_end:.1f} "
+               f"({overlap:.0%} of the slower). Fix first: {fix_first}, {HINTS[fix_first]}.")
+    if overlap < POOR_OVERLAP:
+        summary += (" Loading and computing barely overlap: the loader's work runs in line with "
+                    "the step (e.g. data.workers=0) or its prefetch is too shallow.")
+    return {"bound": bound, "factor": faster / slower, "overlap": overlap, "fix_first": fix_first,
+            "hint": HINTS[fix_first], "summary": summary}
+
+
+def project(total_steps: int, pairs_per_step: int, end_to_end: float, step: float) -> dict:
+    """Projected wall time of the configured run (every epoch, no compile, checkpoints or eval):
+    at the end-to-end rate, and at the step-alone rate (what a loader that keeps up would give)."""
+    return {"total_steps": total_steps,
+            "seconds": total_steps * pairs_per_step / end_to_end,
+            "seconds_at_step_rate": total_steps * pairs_per_step / step}
