@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import types
 import typing
@@ -98,6 +99,41 @@ class ProfileConfig:
 
 
 @dataclass(frozen=True)
+class KnnConfig:
+    k: int = 20  # weighted kNN on cosine similarity, as the common SSL protocol
+    temperature: float = 0.07  # neighbour weight exp(similarity / temperature)
+    every_epochs: int = 0  # online monitor during pretraining on eval.train / eval.val; 0: off
+
+
+@dataclass(frozen=True)
+class LinearConfig:
+    """The official linear probe (facebookresearch/barlowtwins evaluate.py, frozen backbone)."""
+
+    epochs: int = 100
+    batch_size: int = 256
+    lr: float = 0.3  # cosine to 0 over the epochs, stepped once per epoch
+    momentum: float = 0.9
+    weight_decay: float = 1e-6
+    init_std: float = 0.01  # head weights ~ N(0, init_std), bias 0
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # training crops: random-resized-crop + flip
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"  # torchvision's RRC default
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Frozen-backbone evaluation: `fastbt eval knn|linear` and the online kNN monitor."""
+
+    train: str = ""  # labeled sets: an image folder, or a converted dataset folder (manifest.json)
+    val: str = ""
+    resize: int = 256  # center crops: resize the short side to this, then crop `size`
+    size: int = 224
+    batch_size: int = 256  # images per forward pass when extracting features
+    knn: KnnConfig = field(default_factory=KnnConfig)
+    linear: LinearConfig = field(default_factory=LinearConfig)
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     aug: AugSpec = field(default_factory=AugSpec)  # the two-view recipe (pipelines/augment.py)
@@ -108,6 +144,7 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,12 +213,16 @@ def from_dict(tree: dict[str, Any]) -> Config:
 # Range rules, checked after types: (keys, test, what the value must be).
 _RANGES = [
     (("train.epochs", "train.batch_size", "logging.every_steps", "profile.steps",
-      "profile.trace_steps"), lambda v: v > 0, "> 0"),
+      "profile.trace_steps", "eval.resize", "eval.size", "eval.batch_size", "eval.knn.k",
+      "eval.knn.temperature", "eval.linear.epochs", "eval.linear.batch_size", "eval.linear.init_std"),
+     lambda v: v > 0, "> 0"),
     (("loss.lambd", "loss.scale", "optim.lr_weights", "optim.lr_biases", "optim.weight_decay",
       "optim.momentum", "optim.eta", "optim.warmup_epochs", "optim.final_lr_ratio",
       "train.checkpoint_every_steps", "train.checkpoint_every_minutes", "profile.warmup_steps",
-      "data.workers"),
+      "data.workers", "eval.knn.every_epochs", "eval.linear.lr", "eval.linear.momentum",
+      "eval.linear.weight_decay"),
      lambda v: v >= 0, ">= 0"),
+    (("eval.linear.crop_scale",), lambda v: 0 < v[0] <= v[1] <= 1, "0 < lo <= hi <= 1"),
     (("model.projector",), lambda v: len(v) > 0 and min(v) > 0, "a non-empty list of positive sizes"),
 ]
 
@@ -189,8 +230,7 @@ _RANGES = [
 def _check_ranges(cfg: Config) -> None:
     for keys, ok, what in _RANGES:
         for key in keys:
-            section, name = key.split(".")
-            value = getattr(getattr(cfg, section), name)
+            value = functools.reduce(getattr, key.split("."), cfg)
             if not ok(value):
                 raise ConfigError(f"config key '{key}' must be {what}, got {value!r}")
 
