@@ -127,8 +127,120 @@ def _add_inspect(sub) -> None:
     p.set_defaults(func=_inspect)
 
 
+def _eval_config(args: argparse.Namespace):
+    """The config (defaults <- --config <- overrides) with the flags' values set, type-checked."""
+    from fastbt import config
+
+    tree = config.to_dict(config.load(args.config, args.overrides))
+    for key, value in (("eval.train", args.train), ("eval.val", args.val), ("model.arch", args.arch)):
+        if value is not None:
+            section, name = key.split(".")
+            tree[section][name] = value
+    return config.from_dict(tree)
+
+
+def _eval(args: argparse.Namespace) -> None:
+    import json
+
+    cfg = _eval_config(args)
+    if args.protocol == "knn":
+        from fastbt.evaluate import knn_eval
+
+        result = knn_eval(cfg, args.weights, out=args.out)
+    else:
+        from fastbt.linear_probe import linear_probe
+
+        result = linear_probe(cfg, args.weights, cached=args.cached_features, out_dir=args.out)
+    print(json.dumps(result, indent=1))
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="kNN or linear-probe accuracy of a frozen backbone",
+                       description="Evaluate the frozen features of exported weights (backbone.pth) "
+                                   "or a checkpoint (ckpt_*.pt) on a labeled train and val set: an "
+                                   "image folder or a converted dataset folder. Settings are the "
+                                   "eval.* keys of the config (defaults: configs/base.yaml).")
+    protocols = p.add_subparsers(dest="protocol", metavar="PROTOCOL", required=True)
+    knn = protocols.add_parser("knn", help="weighted kNN (cosine, eval.knn.k=20, T=0.07), top-1/top-5",
+                               description="Weighted kNN of center-crop features; the result goes "
+                                           "to <weights>_knn.json beside the weights.")
+    linear = protocols.add_parser("linear", help="the official linear probe (100 epochs, SGD, cosine)",
+                                  description="Train a linear head on the frozen backbone; "
+                                              "checkpoints and log.jsonl in <weights>_linear/ "
+                                              "(rerun to resume), the result in <weights>_linear.json.")
+    for q in (knn, linear):
+        q.add_argument("--weights", required=True, help="backbone.pth or a fastbt checkpoint ckpt_*.pt")
+        q.add_argument("--train", help="labeled train set (default: eval.train)")
+        q.add_argument("--val", help="labeled val set (default: eval.val)")
+        q.add_argument("--arch", help="backbone architecture: resnet18, resnet34 or resnet50 "
+                                      "(default: model.arch, resnet50)")
+        q.add_argument("--config", help="YAML config, e.g. the run's config.yaml (default: none)")
+        q.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                       help="override a config value, e.g. eval.linear.epochs=10 runtime.device=cuda")
+        q.set_defaults(func=_eval)
+    knn.add_argument("--out", help="result JSON (default: <weights stem>_knn.json beside the weights)")
+    linear.add_argument("--cached-features", action="store_true",
+                        help="train on features of center crops extracted once (fast, approximate)")
+    linear.add_argument("--out", help="probe directory (default: <weights stem>_linear[_cached] "
+                                      "beside the weights)")
+
+
+def _profile(args: argparse.Namespace) -> None:
+    if args.compare:
+        from fastbt import report
+
+        try:
+            a, b = (report.load(path) for path in args.compare)
+        except (OSError, ValueError) as err:
+            raise DataError(f"cannot read a report: {err}") from None
+        sys.stdout.write(report.compare(a, b, names=tuple(args.compare)))
+        return
+    if args.config is None:
+        raise ConfigError("give a CONFIG to profile, or --compare A.json B.json")
+    from fastbt import config, profile
+
+    steps = [f"profile.steps={args.steps}"] if args.steps is not None else []
+    cfg = config.load(args.config, [*args.overrides, *steps])
+    profile.profile(cfg, args.out or f"{cfg.train.out_dir}/profile")
+
+
+def _add_profile(sub) -> None:
+    p = sub.add_parser("profile", help="measure throughput: loader vs step vs end to end, per phase",
+                       description="Profile the pretraining loop of a config (one process, or under "
+                                   "torchrun): the loader alone, the step alone, end to end, the time "
+                                   "of each phase of a step, FLOPs and memory; write report.json, "
+                                   "report.md and charts. --compare prints two reports side by side.")
+    p.add_argument("config", nargs="?", help="YAML config file (overrides of configs/base.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override one config value")
+    p.add_argument("--steps", type=int, default=None, metavar="N",
+                   help="measured steps per window (profile.steps)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="report folder (default: <train.out_dir>/profile)")
+    p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
+                   help="print two reports side by side with the ratios B/A, and exit")
+    p.set_defaults(func=_profile)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from fastbt import demo
+
+    demo.run(args.out, args.overrides, fresh=args.fresh)
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="the whole job on a generated dataset, on CPU, in minutes",
+                       description="Generate a labeled shapes dataset, convert it to FFCV, pretrain "
+                                   "a small backbone (configs/tiny_cpu.yaml) and compare its kNN "
+                                   "accuracy with a randomly initialized one. Finished steps are "
+                                   "skipped on a second run.")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override the demo config")
+    p.add_argument("--out", default="runs/demo", help="where everything goes (default %(default)s)")
+    p.add_argument("--fresh", action="store_true", help="delete --out first and start over")
+    p.set_defaults(func=_demo)
+
+
 # Subcommands, in the order `--help` lists them.
-SUBCOMMANDS = [_add_config, _add_pretrain, _add_export, _add_convert, _add_inspect]
+SUBCOMMANDS = [_add_demo, _add_config, _add_pretrain, _add_export, _add_convert, _add_inspect, _add_eval, _add_profile]
 
 
 def build_parser() -> argparse.ArgumentParser:

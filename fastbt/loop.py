@@ -18,6 +18,7 @@ from tqdm import tqdm
 from fastbt import checkpoint, config, dist
 from fastbt.config import Config
 from fastbt.errors import RunStopped
+from fastbt.evaluate import KnnEval
 from fastbt.meter import Meter
 from fastbt.run import build_run
 from fastbt.runlog import RunLog
@@ -78,6 +79,8 @@ def _pretrain(cfg: Config, world: dist.World) -> Path:
     run = build_run(cfg, world)
     loader, derived, model, optimizer = run.loader, run.derived, run.model, run.optimizer
     step = _resume(run_dir, model, optimizer, world)  # after DDP's broadcast: every rank loads it
+    # the optional online kNN monitor runs on every rank (it shares the work with collectives)
+    knn = KnnEval(cfg, world.device, world.rank, world.size) if cfg.eval.knn.every_epochs else None
 
     def save_checkpoint() -> str:
         watch.check(last_checkpoint)  # never save weights that came from a non-finite loss
@@ -145,6 +148,12 @@ def _pretrain(cfg: Config, world: dist.World) -> Path:
                     dist.print0(world, f"fastbt: preempted; checkpoint {last_checkpoint} written "
                                        f"at step {step}, exiting")
                     return run_dir
+                epoch_done = step % derived.steps_per_epoch == 0
+                if knn is not None and epoch_done and knn.due(step // derived.steps_per_epoch):
+                    acc = knn(model.backbone)
+                    log.write({"step": step, "epoch": step // derived.steps_per_epoch,
+                               "knn_top1": acc["top1"], "knn_top5": acc["top5"]})
+                    meter.restart()  # the check's time is not training throughput
                 if step == derived.total_steps:
                     break
         last_checkpoint = save_checkpoint()

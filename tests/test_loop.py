@@ -140,3 +140,11 @@ def test_two_processes_match_one_process_on_the_same_global_batch(images, tmp_pa
     w1, w2 = final_weights(one), final_weights(tmp_path / "two")
     for key in w1:
         torch.testing.assert_close(w2[key], w1[key], rtol=1e-3, atol=1e-4, msg=key)
+
+
+def test_the_online_knn_monitor_logs_every_n_epochs(images, tmp_path):
+    cfg = tiny_config(images, tmp_path / "knn", "train.epochs=2", "eval.knn.every_epochs=1",
+                      f"eval.train={images}", f"eval.val={images}", "eval.size=32", "eval.resize=32")
+    records = [r for r in runlog.read(loop.pretrain(cfg) / "log.jsonl") if "knn_top1" in r]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert all(0 <= r["knn_top1"] <= r["knn_top5"] <= 100 for r in records)
