@@ -1,5 +1,5 @@
 """DALI data: webdataset tar shards with their DALI index files. The writer comes first; the DALI
-two-view pipeline that reads the shards goes below it.
+two-view loader that reads the shards goes below it (its DALI graphs are in `dali_ops`).
 
 A shard `shard-000042.tar` holds, per sample, `<key>.jpg` (an RGB JPEG, longest side <= R, quality
 Q) then `<key>.cls` (the label in ASCII digits: DALI returns it as raw bytes). The key is the
@@ -13,6 +13,7 @@ complete (`commit_shard`).
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import tarfile
 from collections import Counter
@@ -22,6 +23,7 @@ from typing import Callable
 
 from PIL import Image
 
+from pipelines import manifest
 from pipelines.source import UnreadableImage, read_rgb
 
 IMAGE_EXT, LABEL_EXT = "jpg", "cls"
@@ -178,3 +180,83 @@ def read_index(idx_path: Path) -> list[dict[str, tuple[int, int]]]:
         words = line.split()  # repeated: extension offset size name
         out.append({words[i]: (int(words[i + 1]), int(words[i + 2])) for i in range(0, len(words), 4)})
     return out
+
+
+
+# ---- the two-view loader (its DALI graphs are in pipelines.dali_ops) -------------------------
+
+def _dataset(path) -> manifest.Manifest:
+    return manifest.load(path, format="dali")
+
+
+class DALICrops:
+    """Crop source over webdataset shards (see pipelines.loader.CropSource).
+
+    Each epoch builds its pipeline anew from (seed, epoch): the shards are read in a seeded
+    per-epoch order, split between the ranks in contiguous parts (DALI's sharding), and shuffled
+    within a buffer of `dali_ops.SHUFFLE_BUFFER` samples. Every rank yields
+    (num_images // world_size) // batch_size batches, the same count on every rank.
+    """
+
+    def __init__(self, path, aug, batch_size: int, device, rank: int, world_size: int, seed: int,
+                 workers: int):
+        import torch
+
+        self.manifest = _dataset(path)
+        self.dataset_size, self.num_classes = self.manifest.num_images, len(self.manifest.classes)
+        self.aug, self.batch_size, self.device = aug, batch_size, torch.device(device)
+        self.rank, self.world_size, self.seed, self.workers = rank, world_size, seed, workers
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return (self.dataset_size // self.world_size) // self.batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        from pipelines import dali_ops
+        from pipelines.loader import batch_seed, epoch_order
+
+        files = epoch_order(len(self.manifest.files), 0, 1, self.seed, self.epoch).tolist()  # all ranks alike
+        batches = dali_ops.two_view_batches(
+            self.manifest, files, self.aug, self.batch_size, self.device, self.rank, self.world_size,
+            seed=batch_seed(self.seed, self.rank, self.epoch, 0), workers=self.workers)
+        yield from itertools.islice(batches, len(self))  # ranks whose share is larger stop here too
+
+
+def dali_crops(path: str, *, aug, batch_size: int, device, rank: int = 0, world_size: int = 1,
+               seed: int = 0, workers: int = 2) -> DALICrops:
+    return DALICrops(path, aug, batch_size, device, rank, world_size, seed, workers)
+
+
+class _CenterCrops:
+    """uint8 center crops and labels of this rank's share, in dataset order; the last batch partial."""
+
+    def __init__(self, path, size: int, resize: int, batch_size: int, device, rank: int, world_size: int,
+                 workers: int):
+        import torch
+
+        from pipelines.loader import rank_range
+
+        self.manifest = _dataset(path)
+        self.args = dict(size=size, resize=resize, batch_size=batch_size, device=torch.device(device),
+                         rank=rank, world_size=world_size, workers=workers)
+        self.count = len(rank_range(self.manifest.num_images, rank, world_size))  # = DALI's sharding
+
+    def __len__(self) -> int:
+        return -(-self.count // self.args["batch_size"])
+
+    def __iter__(self):
+        from pipelines import dali_ops
+
+        return dali_ops.center_crop_batches(self.manifest, **self.args)
+
+
+def dali_center_crops(path: str, *, size: int, resize: int, mean, std, batch_size: int, device,
+                      rank: int = 0, world_size: int = 1, workers: int = 2):
+    """Evaluation batches (see pipelines.build_eval_loader)."""
+    from pipelines.loader import NormalizedBatches
+
+    return NormalizedBatches(_CenterCrops(path, size, resize, batch_size, device, rank, world_size, workers),
+                             mean, std)

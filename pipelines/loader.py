@@ -14,7 +14,7 @@ from typing import Iterator, Protocol
 import torch
 from torch import Tensor
 
-from pipelines.augment import AugSpec, augment_pair
+from pipelines.augment import AugSpec, augment_pair, normalize, to_float
 
 
 class CropSource(Protocol):
@@ -34,6 +34,20 @@ def batch_seed(seed: int, rank: int, epoch: int, index: int) -> int:
     for v in (rank, epoch, index):
         h = (h * 0x9E3779B97F4A7C15 + v + 1) % (1 << 63)
     return h
+
+
+def epoch_order(n: int, rank: int, world_size: int, seed: int, epoch: int) -> Tensor:
+    """The sample indices rank `rank` reads in `epoch`, in order: a permutation of range(n) seeded
+    by (seed, epoch), every world_size-th from position `rank`, all ranks the same count (the
+    remainder is dropped, as DistributedSampler(drop_last=True) does)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+    return order[rank::world_size][:n // world_size]
+
+
+def rank_range(n: int, rank: int, world_size: int) -> range:
+    """Rank `rank`'s contiguous share of n samples for evaluation, as DALI's readers shard: shares
+    differ by at most one sample and together cover every sample once."""
+    return range(rank * n // world_size, (rank + 1) * n // world_size)
 
 
 class TwoViewLoader:
@@ -64,3 +78,18 @@ class TwoViewLoader:
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         for index, (crops1, crops2, _labels) in enumerate(self.crops):
             yield self.augment(crops1, crops2, index)
+
+
+class NormalizedBatches:
+    """Evaluation batches from a backend's uint8 NCHW crops: (float32 normalized images, labels),
+    on the crops' device. Re-iterable, with the source's len()."""
+
+    def __init__(self, batches, mean, std):
+        self.batches, self.mean, self.std = batches, mean, std
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for images, labels in self.batches:
+            yield normalize(to_float(images), self.mean, self.std), labels

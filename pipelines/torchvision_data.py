@@ -21,7 +21,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from pipelines.augment import AugSpec, ViewSpec
 from pipelines.errors import DataError
-from pipelines.loader import batch_seed
+from pipelines.loader import batch_seed, epoch_order, rank_range
 from pipelines.source import UnreadableImage, read_rgb, scan
 
 _INTERPOLATION = {"bicubic": v2.InterpolationMode.BICUBIC, "bilinear": v2.InterpolationMode.BILINEAR}
@@ -65,8 +65,7 @@ class _TwoCrops(Dataset):
 
 
 class ShardedShuffle(Sampler):
-    """A seeded per-epoch permutation; rank r takes every world_size-th index of it, all ranks
-    the same count (the remainder is dropped, as DistributedSampler(drop_last=True) does)."""
+    """This rank's share of a seeded per-epoch permutation (`pipelines.loader.epoch_order`)."""
 
     def __init__(self, n: int, rank: int, world_size: int, seed: int):
         self.n, self.rank, self.world_size, self.seed = n, rank, world_size, seed
@@ -79,8 +78,7 @@ class ShardedShuffle(Sampler):
         return self.n // self.world_size
 
     def __iter__(self):
-        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-        return iter(order[self.rank::self.world_size][:len(self)].tolist())
+        return iter(epoch_order(self.n, self.rank, self.world_size, self.seed, self.epoch).tolist())
 
 
 class TorchvisionCrops:
@@ -177,10 +175,8 @@ def center_crop_loader(path: str, *, size: int, resize: int, mean, std, batch_si
                        rank: int = 0, world_size: int = 1, workers: int = 2):
     """(images, labels) batches on `device` in dataset order (rank r: its contiguous share):
     resize the short side to `resize`, center-crop `size`, normalize (e.g. 256 / 224)."""
-    source = scan(path)
-    samples = source.samples
-    share = -(-len(samples) // world_size)
-    samples = samples[rank * share:(rank + 1) * share]
+    samples = scan(path).samples
+    samples = [samples[i] for i in rank_range(len(samples), rank, world_size)]
     transform = v2.Compose([v2.PILToTensor(), v2.Resize(resize, antialias=True), v2.CenterCrop(size),
                             v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
     device = torch.device(device)
