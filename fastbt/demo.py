@@ -61,18 +61,19 @@ def run(out: Path, overrides: list[str], fresh: bool = False) -> dict:
     device = torch.device("cpu")
     loaders = [pipelines.build_eval_loader("torchvision", str(data / split), size=cfg.aug.size,
                                            resize=cfg.aug.size, mean=cfg.aug.mean, std=cfg.aug.std,
-                                           batch_size=256, device=device)
+                                           batch_size=256, device=device, workers=cfg.data.workers)
                for split in ("train", "val")]
     torch.manual_seed(0)
     random_init, _ = build_backbone(cfg.model.arch)
     pretrained, _ = build_backbone(cfg.model.arch)
     pretrained.load_state_dict(torch.load(run_dir / "backbone.pth", weights_only=True))
-    results = {name: knn_accuracy(net, *loaders, num_classes=10, device=device)
+    results = {name: knn_accuracy(net, *loaders, num_classes=10, device=device,
+                                          k=cfg.eval.knn.k, temperature=cfg.eval.knn.temperature)
                for name, net in (("random init", random_init), ("pretrained", pretrained))}
 
     print(f"\ndemo: pretrained {cfg.model.arch} for {cfg.train.epochs} epochs in {minutes:.1f} min, "
           f"{sum(rates) / max(1, len(rates)):.0f} pairs/s after warm-up (log: {run_dir / 'log.jsonl'})")
-    print("demo: kNN (k=20) on the val shapes, frozen features:")
+    print(f"demo: kNN (k={cfg.eval.knn.k}) on the val shapes, frozen features:")
     for name, acc in results.items():
         print(f"  {name:12s} top-1 {acc['top1']:5.1f}%   top-5 {acc['top5']:5.1f}%")
     print(f"demo: outputs in {out}: data/ (images, .beton), run/ (config.yaml, log.jsonl, "

@@ -216,7 +216,7 @@ class DALICrops:
 
     def __iter__(self):
         from pipelines import dali_ops
-        from pipelines.loader import batch_seed, epoch_order
+        from pipelines.order import batch_seed, epoch_order
 
         files = epoch_order(len(self.manifest.files), 0, 1, self.seed, self.epoch).tolist()  # all ranks alike
         batches = dali_ops.two_view_batches(
@@ -226,7 +226,7 @@ class DALICrops:
 
 
 def dali_crops(path: str, *, aug, batch_size: int, device, rank: int = 0, world_size: int = 1,
-               seed: int = 0, workers: int = 2) -> DALICrops:
+               seed: int = 0, workers: int) -> DALICrops:
     return DALICrops(path, aug, batch_size, device, rank, world_size, seed, workers)
 
 
@@ -237,7 +237,7 @@ class _CenterCrops:
                  workers: int):
         import torch
 
-        from pipelines.loader import rank_range
+        from pipelines.order import rank_range
 
         self.manifest = _dataset(path)
         self.args = dict(size=size, resize=resize, batch_size=batch_size, device=torch.device(device),
@@ -254,7 +254,7 @@ class _CenterCrops:
 
 
 def dali_center_crops(path: str, *, size: int, resize: int, mean, std, batch_size: int, device,
-                      rank: int = 0, world_size: int = 1, workers: int = 2):
+                      rank: int = 0, world_size: int = 1, workers: int):
     """Evaluation batches (see pipelines.build_eval_loader)."""
     from pipelines.loader import NormalizedBatches
 

@@ -243,7 +243,7 @@ class FFCVCrops:
 
 
 def ffcv_crops(path: str, *, aug: AugSpec, batch_size: int, device, rank: int = 0, world_size: int = 1,
-               seed: int = 0, workers: int = 2) -> FFCVCrops:
+               seed: int = 0, workers: int) -> FFCVCrops:
     return FFCVCrops(path, aug, batch_size, device, rank, world_size, seed, workers)
 
 
@@ -261,7 +261,7 @@ class _CenterCrops:
 
 @_torch_threads_kept()
 def ffcv_center_crops(path: str, *, size: int, resize: int, mean, std, batch_size: int, device,
-                      rank: int = 0, world_size: int = 1, workers: int = 2) -> NormalizedBatches:
+                      rank: int = 0, world_size: int = 1, workers: int) -> NormalizedBatches:
     """Evaluation batches (see pipelines.build_eval_loader). FFCV's center-crop decoder keeps the
     central square of side short side x size / resize, what Resize(resize) + CenterCrop(size)
     keep, and resizes it with OpenCV's INTER_AREA."""
@@ -271,7 +271,8 @@ def ffcv_center_crops(path: str, *, size: int, resize: int, mean, std, batch_siz
     from ffcv.transforms import Squeeze
     import torch
 
-    from pipelines.loader import NormalizedBatches, rank_range
+    from pipelines.loader import NormalizedBatches
+    from pipelines.order import rank_range
 
     m, beton = _dataset(path)
     device = torch.device(device)

@@ -23,7 +23,7 @@ from ffcv.pipeline.operation import Operation
 from ffcv.traversal_order.base import TraversalOrder
 
 from pipelines.augment import AugSpec, ViewSpec
-from pipelines.loader import epoch_order
+from pipelines.order import epoch_order
 
 # ---- crop parameters: counter-based random numbers, torchvision's RandomResizedCrop ------------
 
@@ -163,7 +163,7 @@ class TwoCrops(Operation):
 
 
 class EpochOrder(TraversalOrder):
-    """FFCV traversal order = `pipelines.loader.epoch_order`: the same samples in the same order as
+    """FFCV traversal order = `pipelines.order.epoch_order`: the same samples in the same order as
     the torchvision backend, for any rank count. Works without torch.distributed (FFCV's own
     `distributed=True` needs an initialized process group and pads ranks to equal size)."""
 

@@ -3,8 +3,9 @@
 A backend (FFCV, DALI, torchvision) is a *crop source*: it decodes, random-resized-crops and flips
 both views of each image and hands over uint8 NCHW batches on the target device. `TwoViewLoader`
 adds the photometric half of the recipe with `pipelines.augment`, batched, on that device. Its
-random parameters come from a generator seeded by (seed, rank, epoch, batch index), so a batch's
-augmentation does not depend on what ran before it: a resumed run replays it exactly.
+random parameters come from a generator seeded by (seed, rank, epoch, batch index) with
+`pipelines.order.batch_seed`, so a batch's augmentation does not depend on what ran before it: a
+resumed run replays it exactly.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from torch import Tensor
 
 from pipelines.augment import AugSpec, augment_pair, normalize, to_float
+from pipelines.order import batch_seed
 
 
 class CropSource(Protocol):
@@ -26,28 +28,6 @@ class CropSource(Protocol):
     def set_epoch(self, epoch: int) -> None: ...
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]: ...  # crops1, crops2, labels
-
-
-def batch_seed(seed: int, rank: int, epoch: int, index: int) -> int:
-    """A 63-bit seed per (seed, rank, epoch, batch): distinct streams without shared state."""
-    h = seed
-    for v in (rank, epoch, index):
-        h = (h * 0x9E3779B97F4A7C15 + v + 1) % (1 << 63)
-    return h
-
-
-def epoch_order(n: int, rank: int, world_size: int, seed: int, epoch: int) -> Tensor:
-    """The sample indices rank `rank` reads in `epoch`, in order: a permutation of range(n) seeded
-    by (seed, epoch), every world_size-th from position `rank`, all ranks the same count (the
-    remainder is dropped, as DistributedSampler(drop_last=True) does)."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
-    return order[rank::world_size][:n // world_size]
-
-
-def rank_range(n: int, rank: int, world_size: int) -> range:
-    """Rank `rank`'s contiguous share of n samples for evaluation, as DALI's readers shard: shares
-    differ by at most one sample and together cover every sample once."""
-    return range(rank * n // world_size, (rank + 1) * n // world_size)
 
 
 class TwoViewLoader:

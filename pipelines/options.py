@@ -1,15 +1,17 @@
 """The options of a conversion and their defaults, recorded in the manifest.
 
-Standard library only: `fastbt --help` reads the defaults without importing numpy, PIL or ffcv.
+Standard library only (as is the backend table it reads): `fastbt --help` reads the defaults
+without importing numpy, PIL or ffcv.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from pipelines import BACKENDS
 from pipelines.errors import DataError
 
-FORMATS = ("ffcv", "dali")
+FORMATS = tuple(name for name, backend in BACKENDS.items() if backend.converted)  # ffcv, dali
 
 # R and Q: chosen from `scripts/bench_convert.py` (README, "Converting a dataset"). At R=320 an
 # average RandomResizedCrop(224) crop is within ~15% of native resolution (at 256 it is enlarged

@@ -21,7 +21,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from pipelines.augment import AugSpec, ViewSpec
 from pipelines.errors import DataError
-from pipelines.loader import batch_seed, epoch_order, rank_range
+from pipelines.order import batch_seed, epoch_order, rank_range
 from pipelines.source import UnreadableImage, read_rgb, scan
 
 _INTERPOLATION = {"bicubic": v2.InterpolationMode.BICUBIC, "bilinear": v2.InterpolationMode.BILINEAR}
@@ -65,7 +65,7 @@ class _TwoCrops(Dataset):
 
 
 class ShardedShuffle(Sampler):
-    """This rank's share of a seeded per-epoch permutation (`pipelines.loader.epoch_order`)."""
+    """This rank's share of a seeded per-epoch permutation (`pipelines.order.epoch_order`)."""
 
     def __init__(self, n: int, rank: int, world_size: int, seed: int):
         self.n, self.rank, self.world_size, self.seed = n, rank, world_size, seed
@@ -116,7 +116,7 @@ def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def torchvision_crops(path: str, *, aug: AugSpec, batch_size: int, device, rank: int = 0,
-                      world_size: int = 1, seed: int = 0, workers: int = 2) -> TorchvisionCrops:
+                      world_size: int = 1, seed: int = 0, workers: int) -> TorchvisionCrops:
     return TorchvisionCrops(path, aug, batch_size, device, rank, world_size, seed, workers)
 
 
@@ -172,7 +172,7 @@ class _CenterCrops(Dataset):
 
 
 def center_crop_loader(path: str, *, size: int, resize: int, mean, std, batch_size: int, device="cpu",
-                       rank: int = 0, world_size: int = 1, workers: int = 2):
+                       rank: int = 0, world_size: int = 1, workers: int):
     """(images, labels) batches on `device` in dataset order (rank r: its contiguous share):
     resize the short side to `resize`, center-crop `size`, normalize (e.g. 256 / 224)."""
     samples = scan(path).samples

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+import pipelines
 from pipelines import dali_data, ffcv_data, manifest
 from pipelines.errors import DataError
 
@@ -44,7 +45,7 @@ def inspect(path: str | os.PathLike, sample: int | None = None, log=print) -> ma
     broken = manifest.check_files(m)  # {path: problem}; those files are not read further
     problems = list(broken.values())
     chosen = _choose(m.num_images, sample)
-    verify = _verify_ffcv if m.format == "ffcv" else _verify_dali
+    verify = pipelines.resolve(pipelines.backend(m.format).verify)  # verify_ffcv, verify_dali, ...
     labels, problems_in_files, decoded = verify(m, chosen, skip=broken)
     problems += problems_in_files
     if not problems:  # counts can only add up when every file was read
@@ -92,7 +93,7 @@ def _check_labels(m: manifest.Manifest, labels: list[int]) -> list[str]:
             for name in wrong[:5]]
 
 
-def _verify_dali(m: manifest.Manifest, chosen: set[int] | None, skip: dict[Path, str]):
+def verify_dali(m: manifest.Manifest, chosen: set[int] | None, skip: dict[Path, str]):
     labels, problems, decoded, position = [], [], 0, 0
     max_side = m.options["max_resolution"]
     for f in m.files:
@@ -122,7 +123,7 @@ def _verify_dali(m: manifest.Manifest, chosen: set[int] | None, skip: dict[Path,
     return labels, problems, decoded
 
 
-def _verify_ffcv(m: manifest.Manifest, chosen: set[int] | None, skip: dict[Path, str]):
+def verify_ffcv(m: manifest.Manifest, chosen: set[int] | None, skip: dict[Path, str]):
     beton = m.data_paths()[0]
     if beton in skip:
         return [], [], 0

@@ -16,11 +16,12 @@ from make_images import make_image_folder
 from pipelines.augment import AugSpec, ViewSpec
 from pipelines.convert import convert
 from pipelines.errors import DataError
-from pipelines.loader import rank_range
+from pipelines.order import rank_range
 from pipelines.options import Options
 
 BACKENDS = ("torchvision", "ffcv", "dali")
 CLASSES, PER_CLASS, BATCH = ("a", "b", "c"), 8, 4
+WORKERS = 2
 N = len(CLASSES) * PER_CLASS
 AUG = AugSpec(size=32)
 
@@ -48,7 +49,8 @@ def loader(data):
         key = (backend, rank, world_size, seed)
         if key not in built:
             built[key] = pipelines.build_loader(backend, data[0][backend], aug=AUG, batch_size=BATCH,
-                                                device="cpu", rank=rank, world_size=world_size, seed=seed)
+                                                device="cpu", rank=rank, world_size=world_size, seed=seed,
+                                                workers=WORKERS)
         return built[key]
     return get
 
@@ -123,7 +125,8 @@ def test_a_seed_and_epoch_give_the_same_batches_and_another_epoch_another_order(
 def test_a_fresh_loader_with_the_same_seed_gives_the_same_crops(backend, loader, data):
     """(For ffcv, see test_ffcv_crops_depend_on_the_sample_not_on_the_rank.)"""
     colours = data[1]
-    fresh = pipelines.build_loader(backend, data[0][backend], aug=AUG, batch_size=BATCH, device="cpu", seed=0)
+    fresh = pipelines.build_loader(backend, data[0][backend], aug=AUG, batch_size=BATCH, device="cpu", seed=0,
+                                   workers=WORKERS)
     ids, _, _, images = epoch_crops(fresh.crops, 1, colours)
     ids_shared, _, _, images_shared = epoch_crops(loader(backend).crops, 1, colours)
     np.testing.assert_array_equal(ids, ids_shared)
@@ -214,7 +217,8 @@ def test_eval_batches_hold_every_image_once_in_order_with_its_label(backend, dat
     ids, got_labels = [], []
     for rank in (0, 1):  # the two shares, in rank order, are the whole set in order
         batches = pipelines.build_eval_loader(backend, paths[backend], size=32, resize=36, mean=AUG.mean,
-                                              std=AUG.std, batch_size=5, device="cpu", rank=rank, world_size=2)
+                                              std=AUG.std, batch_size=5, device="cpu", rank=rank, world_size=2,
+                                              workers=WORKERS)
         assert len(batches) == -(-len(rank_range(N, rank, 2)) // 5)
         count = 0
         for images, y in batches:
@@ -233,9 +237,11 @@ def test_a_bad_path_or_another_format_is_one_clear_error(backend, data, tmp_path
     other = "dali" if backend == "ffcv" else "ffcv"
     for path, message in ((tmp_path / "nowhere", "no manifest"),
                           (paths[other], f"holds a {other} dataset, not {backend}")):
-        for build in (lambda: pipelines.build_loader(backend, str(path), aug=AUG, batch_size=BATCH, device="cpu"),
+        for build in (lambda: pipelines.build_loader(backend, str(path), aug=AUG, batch_size=BATCH, device="cpu",
+                                                     workers=WORKERS),
                       lambda: pipelines.build_eval_loader(backend, str(path), size=32, resize=36, mean=AUG.mean,
-                                                          std=AUG.std, batch_size=BATCH, device="cpu")):
+                                                          std=AUG.std, batch_size=BATCH, device="cpu",
+                                                          workers=WORKERS)):
             with pytest.raises(DataError, match=message) as err:
                 build()
             assert "\n" not in str(err.value)
