@@ -172,8 +172,8 @@ def _add_eval(sub) -> None:
         q.add_argument("--weights", required=True, help="backbone.pth or a fastbt checkpoint ckpt_*.pt")
         q.add_argument("--train", help="labeled train set (default: eval.train)")
         q.add_argument("--val", help="labeled val set (default: eval.val)")
-        q.add_argument("--arch", help="backbone architecture: resnet18, resnet34 or resnet50 "
-                                      "(default: model.arch, resnet50)")
+        q.add_argument("--arch", help="backbone architecture: any torchvision classification model "
+                                      "(fastbt.model.ARCHS), e.g. resnet50 (default: model.arch)")
         q.add_argument("--config", help="YAML config, e.g. the run's config.yaml (default: none)")
         q.add_argument("overrides", nargs="*", metavar="key.sub=value",
                        help="override a config value, e.g. eval.linear.epochs=10 runtime.device=cuda")

@@ -15,12 +15,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import importlib
 import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
 
@@ -32,23 +33,37 @@ from pipelines.augment import AugSpec
 
 
 @dataclass(frozen=True)
+class OneOf:
+    """Marks a str key whose valid values are the names in a registry, "module:NAME" (a dict or a
+    tuple), read when a config is checked: a name registered at run time is accepted too, and
+    checking a config imports no heavy module until it has such a key to check."""
+
+    registry: str
+
+    def names(self) -> tuple[str, ...]:
+        module, _, attr = self.registry.partition(":")
+        return tuple(getattr(importlib.import_module(module), attr))
+
+
+@dataclass(frozen=True)
 class DataConfig:
-    backend: Literal["ffcv", "dali", "torchvision"] = "ffcv"
+    backend: Annotated[str, OneOf("pipelines:BACKENDS")] = "ffcv"  # ffcv, dali, torchvision, ...
     path: str = ""  # a .beton, a folder of DALI shards, or an image folder (torchvision backend)
     workers: int = 8  # decode processes/threads per training process (torchvision: 0 = in-process)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: Literal["resnet18", "resnet34", "resnet50"] = "resnet50"
+    arch: Annotated[str, OneOf("fastbt.model:ARCHS")] = "resnet50"  # any torchvision classifier
     projector: tuple[int, ...] = (8192, 8192, 8192)  # hidden and output sizes after the backbone
 
 
 @dataclass(frozen=True)
 class LossConfig:
+    name: Annotated[str, OneOf("fastbt.losses:LOSSES")] = "barlow_twins"
     lambd: float = 0.0051  # weight of the off-diagonal (redundancy reduction) term
     scale: float = 1.0  # multiplies the loss; 1/world_size reproduces the official gradients
-    mode: Literal["auto", "gram", "direct"] = "auto"
+    mode: Literal["auto", "gram", "direct"] = "auto"  # how the fused op computes it (fastbt.ops)
 
 
 @dataclass(frozen=True)
@@ -304,7 +319,7 @@ def _suggest(key: str, tree: dict[str, Any], prefix: str) -> str:
 
 
 def _build(cls: type, tree: dict[str, Any], prefix: str) -> Any:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     kwargs = {}
     for f in dataclasses.fields(cls):
         key = f"{prefix}{f.name}"
@@ -322,6 +337,12 @@ def _build(cls: type, tree: dict[str, Any], prefix: str) -> Any:
 
 def _type_name(hint: Any) -> str:
     origin = typing.get_origin(hint)
+    if origin is Annotated:  # a registry's names: all of them when they are few
+        registry = _one_of(hint)
+        names = registry.names()
+        if len(names) <= 10:
+            return "one of " + ", ".join(repr(a) for a in names)
+        return f"a name in {registry.registry.replace(':', '.')} (e.g. {', '.join(names[:3])}, ...)"
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
     if origin is tuple:
@@ -333,6 +354,10 @@ def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
+def _one_of(hint: Any) -> OneOf:
+    return next(m for m in typing.get_args(hint)[1:] if isinstance(m, OneOf))
+
+
 def _convert(value: Any, hint: Any, key: str) -> Any:
     """Check `value` against the annotation `hint`, converting where it is lossless."""
     def wrong() -> ConfigError:
@@ -340,6 +365,12 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
                            f"got {value!r} ({type(value).__name__})")
 
     origin = typing.get_origin(hint)
+    if origin is Annotated:  # a registry's name
+        value = _convert(value, typing.get_args(hint)[0], key)
+        if value not in _one_of(hint).names():
+            close = difflib.get_close_matches(value, _one_of(hint).names(), n=1, cutoff=0.6)
+            raise ConfigError(str(wrong()) + (f"; did you mean {close[0]!r}?" if close else ""))
+        return value
     if origin in (typing.Union, types.UnionType):  # Optional[X]
         args = typing.get_args(hint)
         if value is None and type(None) in args:

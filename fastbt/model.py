@@ -1,28 +1,56 @@
-"""The Barlow Twins network: a torchvision ResNet backbone (fc removed) and an MLP projector.
+"""The Barlow Twins network: a classification backbone (logits layer removed) and an MLP projector.
 
-`model.backbone.state_dict()` has exactly torchvision's keys minus `fc.*`, so an exported backbone
-loads into `torchvision.models.resnet50()` (the official torch.hub release format).
+`ARCHS` is the one table of backbones (the config and the CLI check names against it): name -> a
+function building the classifier with random weights. Every torchvision classification model is in
+it. Its final Linear layer (the logits: ResNet's `fc`, the `classifier[-1]` of MobileNet /
+EfficientNet / ConvNeXt, ViT's `heads.head`, ...) becomes Identity, and that layer's input width is
+the feature width. For ResNets `model.backbone.state_dict()` then has exactly torchvision's keys
+minus `fc.*`, so an exported backbone loads into `torchvision.models.resnet50()` (the official
+torch.hub release format). Another backbone: a function returning a classifier whose last Linear
+is its logits layer, and one `ARCHS` entry.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+from typing import Callable, Sequence
 
 import torch
 import torchvision
 from torch import nn
 
-ARCHS = ("resnet18", "resnet34", "resnet50")
+# construction arguments beyond weights=None, by the torchvision module that defines the model
+_TORCHVISION_KWARGS = {
+    "torchvision.models.resnet": {"zero_init_residual": True},  # as the official code (BN of the
+                                                                # last block of each branch = 0)
+    "torchvision.models.googlenet": {"aux_logits": False, "init_weights": True},  # one output
+    "torchvision.models.inception": {"aux_logits": False, "init_weights": True},
+}
+
+
+def torchvision_classifier(name: str) -> nn.Module:
+    builder = torchvision.models.get_model_builder(name)
+    return builder(weights=None, **_TORCHVISION_KWARGS.get(builder.__module__, {}))
+
+
+COMMON_ARCHS = ("resnet18", "resnet34", "resnet50")  # listed first; what a weights file is tried against
+# every torchvision classifier but squeezenet, whose classifier is a convolution: no feature vector
+ARCHS: dict[str, Callable[[], nn.Module]] = {
+    name: functools.partial(torchvision_classifier, name)
+    for name in COMMON_ARCHS + tuple(torchvision.models.list_models(module=torchvision.models))
+    if not name.startswith("squeezenet")}
 
 
 def build_backbone(arch: str) -> tuple[nn.Module, int]:
-    """A torchvision ResNet with fc = Identity, and its feature width."""
+    """The classifier `arch` (random init) with its logits layer = Identity, and its feature width."""
     if arch not in ARCHS:
-        raise ValueError(f"unknown backbone {arch!r}; choose one of {', '.join(ARCHS)}")
-    backbone = getattr(torchvision.models, arch)(weights=None, zero_init_residual=True)
-    width = backbone.fc.in_features
-    backbone.fc = nn.Identity()
-    return backbone, width
+        raise ValueError(f"unknown backbone {arch!r}; choose a torchvision classification model, "
+                         f"e.g. {', '.join(COMMON_ARCHS)} (fastbt.model.ARCHS lists all)")
+    backbone = ARCHS[arch]()
+    name, logits = [(n, m) for n, m in backbone.named_modules() if isinstance(m, nn.Linear)][-1]
+    parent, _, attr = name.rpartition(".")
+    setattr(backbone.get_submodule(parent), attr, nn.Identity())
+    return backbone, logits.in_features
 
 
 def build_projector(sizes: Sequence[int]) -> nn.Sequential:
@@ -44,7 +72,7 @@ class BarlowTwinsNet(nn.Module):
     backward, and each view keeps its own BatchNorm statistics (the views are not concatenated).
     """
 
-    def __init__(self, arch: str = "resnet50", projector: Sequence[int] = (8192, 8192, 8192)):
+    def __init__(self, arch: str, projector: Sequence[int]):
         super().__init__()
         self.backbone, width = build_backbone(arch)
         self.projector = build_projector([width, *projector])

@@ -35,7 +35,7 @@ from fastbt.config import Config
 from fastbt.meter import Meter, synchronize
 from fastbt.phase_clock import phase_clock
 from fastbt.run import Run, build_run
-from fastbt.step import autocast_dtype
+from fastbt.precision import autocast_dtype
 
 FORMAT_VERSION = 1
 PHASE_TOLERANCE = 0.05  # the phases sum to the step time measured around them within this share

@@ -17,10 +17,12 @@ from torch import nn
 import pipelines
 from fastbt import config, dist
 from fastbt.config import Config, Derived
+from fastbt.losses import build_loss
 from fastbt.model import build_model
 from fastbt.norm import use_global_batch_norm
 from fastbt.optim import build_optimizer, lr_at, set_lr
-from fastbt.step import TrainStep, use_channels_last
+from fastbt.precision import use_channels_last
+from fastbt.step import TrainStep
 from pipelines.loader import TwoViewLoader
 
 
@@ -62,7 +64,5 @@ def build_run(cfg: Config, world: dist.World) -> Run:
     optimizer = build_optimizer(model, cfg.optim.weight_decay, cfg.optim.momentum, cfg.optim.eta)
     trained = (torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
                if world.distributed else model)
-    train_step = TrainStep(trained, optimizer, cfg.loss.lambd, cfg.loss.scale, cfg.loss.mode,
-                           world.device, cfg.runtime.precision, cfg.runtime.compile,
-                           cfg.runtime.compile_mode, channels_last, group)
+    train_step = TrainStep(trained, optimizer, build_loss(cfg.loss), cfg.runtime, world.device, group)
     return Run(cfg, world, loader, derived, model, optimizer, train_step)

@@ -1,9 +1,9 @@
-"""The training step: forward both views, the fused loss, backward, LARS. No host syncs inside.
+"""The training step: forward both views, the loss, backward, LARS. No host syncs inside.
 
 The model's two-view forward is what `torch.compile` compiles (and autocast runs in bf16 on CUDA);
-the loss op is a registered custom op that stays opaque either way, and LARS runs as foreach
-kernels. The step returns the loss as a 0-dim device tensor: reading it (`.item()`) is the
-caller's decision, made only every N steps.
+the loss is injected (`fastbt.losses`: the Barlow Twins fused op by default, a registered custom op
+that stays opaque either way), and LARS runs as foreach kernels. The step returns the loss as a
+0-dim device tensor: reading it (`.item()`) is the caller's decision, made only every N steps.
 """
 
 from __future__ import annotations
@@ -14,52 +14,36 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from fastbt.ops import barlow_twins_loss
-
-
-def use_channels_last(setting: bool | None, device: torch.device) -> bool:
-    """Channels-last by default on CUDA (tensor-core convolutions); on this kind of CPU the
-    backward of channels-last convolutions measured ~7x slower than NCHW, so off there."""
-    return device.type == "cuda" if setting is None else setting
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 on CUDA by default; fp32 on CPU, whose bf16 is ~10x slower than fp32 here."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
+from fastbt.config import RuntimeConfig
+from fastbt.losses import Loss
+from fastbt.precision import autocast, autocast_dtype, use_channels_last
 
 
 @dataclass
 class TrainStep:
     model: nn.Module  # possibly DDP-wrapped; takes (view1, view2), returns (z1, z2)
     optimizer: torch.optim.Optimizer
-    lambd: float
-    loss_scale: float  # the user's loss.scale
-    loss_mode: str
+    loss_fn: Loss  # from the config's loss section (fastbt.losses.build_loss)
+    runtime: RuntimeConfig  # precision, compile, channels_last (the model's memory format)
     device: torch.device
-    precision: str = "auto"
-    compile: bool = False
-    compile_mode: str = "default"
-    channels_last: bool = False  # the model's memory format; inputs are brought to it
     group: object = None  # the process group of a distributed run, else None
 
     def __post_init__(self):
         self.world = dist.get_world_size(self.group) if self.group is not None else 1
-        self.amp_dtype = autocast_dtype(self.precision, self.device)
-        self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.forward = torch.compile(self.model, mode=self.compile_mode) if self.compile else self.model
+        self.amp_dtype = autocast_dtype(self.runtime.precision, self.device)
+        channels_last = use_channels_last(self.runtime.channels_last, self.device)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.forward = (torch.compile(self.model, mode=self.runtime.compile_mode) if self.runtime.compile
+                        else self.model)
 
     def loss(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
         """The loss to backpropagate. Under DDP it is scaled by W: DDP averages the W ranks'
         gradients, each holding its rows' share, so x W gives the single-process gradient
-        (see fastbt.ops.barlow_twins_loss). Divide by `self.world` to report it."""
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
+        (see fastbt.losses). Divide by `self.world` to report it."""
+        with autocast(self.device, self.amp_dtype):
             z1, z2 = self.forward(view1.contiguous(memory_format=self.memory_format),
                                   view2.contiguous(memory_format=self.memory_format))
-        return barlow_twins_loss(z1, z2, self.lambd, scale=self.loss_scale * self.world,
-                                 mode=self.loss_mode, group=self.group)
+        return self.loss_fn(z1, z2, scale=self.world, group=self.group)
 
     def update(self) -> None:
         """Apply the accumulated gradients (LARS) and clear them."""

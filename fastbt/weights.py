@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from fastbt.checkpoint import backbone_state
-from fastbt.model import ARCHS, build_backbone
+from fastbt.model import COMMON_ARCHS, build_backbone
 from pipelines.errors import DataError
 
 
@@ -60,7 +60,7 @@ def mismatch(expected: dict[str, Tensor], state: dict[str, Tensor]) -> str | Non
 
 
 def _fitting_arch(state: dict[str, Tensor]) -> str | None:
-    for arch in ARCHS:
+    for arch in COMMON_ARCHS:  # a few: building each takes a moment, even on the meta device
         with torch.device("meta"):  # shapes only: nothing allocated, nothing initialized for real
             candidate, _ = build_backbone(arch)
         if mismatch(candidate.state_dict(), state) is None:

@@ -84,7 +84,7 @@ def test_unknown_section_in_an_override():
 
 def test_unknown_key_without_a_close_match_lists_the_valid_ones():
     with pytest.raises(ConfigError, match=r"unknown config key 'loss.zzz' .*valid keys here: "
-                                          r"loss.lambd, loss.scale, loss.mode"):
+                                          r"loss.name, loss.lambd, loss.scale, loss.mode"):
         config.load(None, ["loss.zzz=1"])
 
 
