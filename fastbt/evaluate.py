@@ -28,7 +28,7 @@ from fastbt.eval_data import center_crops, train_and_val
 from fastbt.knn import (accuracy, knn_predict, merge_nearest, nearest, topk_accuracy, topk_correct,
                         vote)
 from fastbt.model import build_backbone
-from fastbt.step import autocast_dtype, use_channels_last
+from fastbt.precision import autocast_dtype, use_channels_last
 from fastbt.weights import load_backbone
 
 
@@ -215,7 +215,7 @@ def write_result(result: dict, path: Path) -> None:
 
 
 def knn_accuracy(backbone: nn.Module, train: Iterable, val: Iterable, num_classes: int,
-                 device: torch.device, k: int = 20, temperature: float = 0.07) -> dict[str, float]:
+                 device: torch.device, k: int, temperature: float) -> dict[str, float]:
     """Weighted kNN top-1/top-5 (%) of val against train batches, in one process."""
     frozen = Frozen(backbone)
     with eval_mode(backbone):

@@ -51,8 +51,8 @@ def vote(sims: Tensor, labels: Tensor, num_classes: int, temperature: float) -> 
     return votes.scatter_add_(1, labels, (sims / temperature).exp())
 
 
-def knn_predict(bank: Tensor, bank_labels: Tensor, queries: Tensor, num_classes: int, k: int = 20,
-                temperature: float = 0.07, chunk: int | None = None) -> Tensor:
+def knn_predict(bank: Tensor, bank_labels: Tensor, queries: Tensor, num_classes: int, k: int,
+                temperature: float, chunk: int | None = None) -> Tensor:
     """Class scores of L2-normalized queries against an L2-normalized bank."""
     return vote(*nearest(bank, bank_labels, queries, k, chunk), num_classes, temperature)
 

@@ -72,8 +72,8 @@ def build_optimizer(model: nn.Module, weight_decay: float, momentum: float, eta:
     return LARS(param_groups(model, weight_decay), lr=0.0, momentum=momentum, eta=eta)
 
 
-def lr_at(step: int, *, total_steps: int, warmup_steps: int, base_lr: float,
-          final_ratio: float = 0.001, multipliers: Sequence[float] = (0.2, 0.0048)) -> tuple[float, ...]:
+def lr_at(step: int, *, total_steps: int, warmup_steps: int, base_lr: float, final_ratio: float,
+          multipliers: Sequence[float]) -> tuple[float, ...]:
     """The LR of each parameter group at `step` (0-based): linear warmup from 0, then cosine.
 
     The cosine goes from `base_lr` at the end of warmup to `base_lr * final_ratio` at `total_steps`.

@@ -34,9 +34,11 @@ def run_case(impl, n, d, reps, budget, mode, threads):
     if threads:
         torch.set_num_threads(threads)
 
+    from fastbt.config import LossConfig
     from fastbt.ops import barlow_twins_loss, reference_loss
-    loss_fn = reference_loss if impl == "reference" else (
-        lambda z1, z2: barlow_twins_loss(z1, z2, mode=mode))
+    lambd = LossConfig().lambd  # the paper's
+    loss_fn = (lambda z1, z2: reference_loss(z1, z2, lambd)) if impl == "reference" else (
+        lambda z1, z2: barlow_twins_loss(z1, z2, lambd, mode=mode))
     z1, z2 = (torch.randn(n, d, requires_grad=True) for _ in range(2))
 
     def step():

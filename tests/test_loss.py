@@ -21,9 +21,11 @@ from torch._dynamo.testing import AotEagerAndRecordGraphs
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from fastbt.config import LossConfig
 from fastbt.ops import barlow_twins_loss, reference_loss
 from fastbt.ops import xcorr
 
+LAMBD = LossConfig().lambd  # the paper's
 ROUNDING = {torch.float32: 0.0, torch.bfloat16: 2**-8}  # of the gradients returned
 
 
@@ -54,7 +56,7 @@ def reference(n, d, dtype):
     """float64 reference on the dtype-rounded views: views, (loss, grads), incoming grads."""
     z1, z2 = make_views(n, d, dtype)
     with IncomingGrads() as incoming:
-        want = loss_and_grads(reference_loss, z1.double(), z2.double())
+        want = loss_and_grads(reference_loss, z1.double(), z2.double(), lambd=LAMBD)
     return (z1, z2), want, incoming.grads
 
 
@@ -76,7 +78,7 @@ def assert_close(got, want, tol_loss=1e-5, tol_grad=1e-5):
 @pytest.mark.parametrize("n", [2, 8, 256])
 def test_matches_reference(n, d, mode, dtype):
     (z1, z2), (ref_loss, *ref_grads), incoming = reference(n, d, dtype)
-    loss, *grads = loss_and_grads(barlow_twins_loss, z1, z2, mode=mode)
+    loss, *grads = loss_and_grads(barlow_twins_loss, z1, z2, lambd=LAMBD, mode=mode)
     assert loss.dtype == torch.float32 and loss.ndim == 0
     assert rel_err(loss, ref_loss) <= 1e-5
     for grad, ref, inc in zip(grads, ref_grads, incoming):
@@ -89,13 +91,13 @@ def test_matches_reference(n, d, mode, dtype):
 def test_direct_mode_in_uneven_column_blocks(monkeypatch):
     monkeypatch.setattr(xcorr, "_BLOCK_ELEMS", 16 * 5)  # D=16 -> blocks of 5, 5, 5, 1 columns
     (z1, z2), want, _ = reference(8, 16, torch.float32)
-    assert_close(loss_and_grads(barlow_twins_loss, z1, z2, mode="direct"), want)
+    assert_close(loss_and_grads(barlow_twins_loss, z1, z2, lambd=LAMBD, mode="direct"), want)
 
 
 def test_auto_picks_the_cheaper_form():
     with OpRecorder() as ops:
-        barlow_twins_loss(*make_views(8, 16), mode="auto")  # N <= D
-        barlow_twins_loss(*make_views(16, 8), mode="auto")
+        barlow_twins_loss(*make_views(8, 16), LAMBD, mode="auto")  # N <= D
+        barlow_twins_loss(*make_views(16, 8), LAMBD, mode="auto")
     assert ops.names == ["fastbt.bt_gram.default", "fastbt.bt_direct.default"]
 
 
@@ -111,25 +113,25 @@ def test_scale_and_lambd():
 def test_constant_column_is_finite(mode):
     z1, z2 = make_views(8, 16)
     z1[:, 3] = 2.5  # zero variance: BN maps it to 0, and so must we (no 0/0)
-    got = loss_and_grads(barlow_twins_loss, z1, z2, mode=mode)
+    got = loss_and_grads(barlow_twins_loss, z1, z2, lambd=LAMBD, mode=mode)
     assert all(t.isfinite().all() for t in got)
-    assert_close(got, loss_and_grads(reference_loss, z1.double(), z2.double()))
+    assert_close(got, loss_and_grads(reference_loss, z1.double(), z2.double(), lambd=LAMBD))
 
 
 @pytest.mark.parametrize("mode", ["gram", "direct"])
 def test_autocast_stays_outside_the_op(mode):
     z1, z2 = make_views(8, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # would make the op's matmuls bf16
-        got = loss_and_grads(barlow_twins_loss, z1, z2, mode=mode)
-    assert_close(got, loss_and_grads(barlow_twins_loss, z1, z2, mode=mode), 1e-7, 1e-7)
+        got = loss_and_grads(barlow_twins_loss, z1, z2, lambd=LAMBD, mode=mode)
+    assert_close(got, loss_and_grads(barlow_twins_loss, z1, z2, lambd=LAMBD, mode=mode), 1e-7, 1e-7)
 
 
 def test_rejects_bad_arguments():
     z1, z2 = make_views(8, 16)
     with pytest.raises(ValueError, match="mode"):
-        barlow_twins_loss(z1, z2, mode="fast")
+        barlow_twins_loss(z1, z2, LAMBD, mode="fast")
     with pytest.raises(ValueError, match="N x D"):
-        barlow_twins_loss(z1, z2[:, :8])
+        barlow_twins_loss(z1, z2[:, :8], LAMBD)
 
 
 def op_samples(dtype):
@@ -158,11 +160,11 @@ def test_opcheck(dtype):
 @pytest.mark.parametrize("mode", ["gram", "direct"])
 def test_compile_fullgraph_keeps_the_op_opaque(mode):
     backend = AotEagerAndRecordGraphs()
-    compiled = torch.compile(functools.partial(barlow_twins_loss, mode=mode),
+    compiled = torch.compile(functools.partial(barlow_twins_loss, lambd=LAMBD, mode=mode),
                              backend=backend, fullgraph=True)
     z1, z2 = make_views(8, 16)
     assert_close(loss_and_grads(compiled, z1, z2),
-                 loss_and_grads(barlow_twins_loss, z1, z2, mode=mode), 1e-6, 1e-6)
+                 loss_and_grads(barlow_twins_loss, z1, z2, lambd=LAMBD, mode=mode), 1e-6, 1e-6)
     (fw,), (bw,) = backend.fw_graphs, backend.bw_graphs
     fw_ops, bw_ops = graph_ops(fw), graph_ops(bw)
     assert f"fastbt.bt_{mode}.default" in fw_ops
@@ -173,9 +175,9 @@ def test_compile_fullgraph_keeps_the_op_opaque(mode):
 @pytest.mark.slow  # inductor's C++ compile takes ~20 s cold on 2 cores
 def test_compile_fullgraph_inductor():
     z1, z2 = make_views(8, 16)
-    compiled = torch.compile(barlow_twins_loss, fullgraph=True)
+    compiled = torch.compile(functools.partial(barlow_twins_loss, lambd=LAMBD), fullgraph=True)
     assert_close(loss_and_grads(compiled, z1, z2),
-                 loss_and_grads(barlow_twins_loss, z1, z2), 1e-6, 1e-6)
+                 loss_and_grads(barlow_twins_loss, z1, z2, lambd=LAMBD), 1e-6, 1e-6)
 
 
 @pytest.mark.gpu
@@ -185,8 +187,8 @@ def test_compile_fullgraph_inductor():
 @pytest.mark.parametrize("mode", ["gram", "direct"])
 def test_cuda_matches_reference(mode, dtype):
     z1, z2 = make_views(256, 2048, dtype, device="cuda")
-    want = loss_and_grads(reference_loss, z1.double(), z2.double())
-    got = loss_and_grads(barlow_twins_loss, z1, z2, mode=mode)
+    want = loss_and_grads(reference_loss, z1.double(), z2.double(), lambd=LAMBD)
+    got = loss_and_grads(barlow_twins_loss, z1, z2, lambd=LAMBD, mode=mode)
     assert got[0].device.type == "cuda" and got[1].dtype == dtype
     tol_grad = {torch.float32: 1e-5, torch.bfloat16: 2**-8 + 1e-5, torch.float16: 2**-11 + 1e-5}
     assert_close(got, want, 1e-5, tol_grad[dtype])

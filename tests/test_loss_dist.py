@@ -10,9 +10,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from fastbt.config import LossConfig
 from fastbt.ops import barlow_twins_loss
 from fastbt.ops import xcorr
 
+LAMBD = LossConfig().lambd  # the paper's
 WORLD, N, D, IN = 2, 16, 12, 6  # N > D, so "auto" means direct; both modes are also forced
 MODES = ("gram", "direct", "auto")
 
@@ -33,7 +35,7 @@ class Pair(torch.nn.Module):
         self.proj = torch.nn.Linear(IN, D, bias=False)  # a bias gets no gradient: BN removes it
 
     def forward(self, x1, x2, **loss_kw):
-        return barlow_twins_loss(self.proj(x1), self.proj(x2), **loss_kw)
+        return barlow_twins_loss(self.proj(x1), self.proj(x2), LAMBD, **loss_kw)
 
 
 def make_pair():
@@ -53,7 +55,7 @@ def worker(rank, port, out_dir, compiled):
     x1, x2, z1, z2 = (t[rows_of(rank)] for t in global_batch())
     out = {}
     for mode in MODES:
-        loss_fn = functools.partial(barlow_twins_loss, mode=mode, group=dist.group.WORLD)
+        loss_fn = functools.partial(barlow_twins_loss, lambd=LAMBD, mode=mode, group=dist.group.WORLD)
         if compiled:
             loss_fn = torch.compile(loss_fn, backend="aot_eager", fullgraph=True)
         v1, v2 = z1.clone().requires_grad_(), z2.clone().requires_grad_()
@@ -96,7 +98,7 @@ def assert_rows_match_one_process(ranks):
     for mode in MODES:
         _, _, z1, z2 = global_batch()
         z1.requires_grad_(), z2.requires_grad_()
-        loss = barlow_twins_loss(z1, z2, mode=mode)
+        loss = barlow_twins_loss(z1, z2, LAMBD, mode=mode)
         loss.backward()
         for rank, got in enumerate(ranks):
             got_loss, g1, g2 = got[mode]

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from fastbt.config import OptimConfig
 from fastbt.optim import build_optimizer, lr_at, set_lr
 
 
@@ -105,7 +106,9 @@ def test_zero_weight_uses_trust_ratio_one():
     torch.testing.assert_close(model.weight, -torch.ones(2, 3))  # update = grad, unscaled
 
 
-SCHEDULE = dict(total_steps=1000, warmup_steps=100, base_lr=8.0)
+OPTIM = OptimConfig()  # the paper's final ratio (0.001) and multipliers (0.2, 0.0048)
+SCHEDULE = dict(total_steps=1000, warmup_steps=100, base_lr=8.0, final_ratio=OPTIM.final_lr_ratio,
+                multipliers=(OPTIM.lr_weights, OPTIM.lr_biases))
 
 
 def test_lr_warmup_starts_at_zero_and_ends_at_the_peak():

@@ -16,7 +16,7 @@ def off_diagonal(x: Tensor) -> Tensor:
     return x.flatten()[:-1].view(n - 1, n + 1)[:, 1:].flatten()
 
 
-def reference_loss(z1: Tensor, z2: Tensor, lambd: float = 0.0051, eps: float = 1e-5) -> Tensor:
+def reference_loss(z1: Tensor, z2: Tensor, lambd: float, eps: float = 1e-5) -> Tensor:
     """sum_i (1 - C_ii)^2 + lambd * sum_{i!=j} C_ij^2 with C = bn(z1)^T bn(z2) / N."""
     def bn(z):  # BatchNorm1d(affine=False) in training mode
         return F.batch_norm(z, None, None, training=True, eps=eps)

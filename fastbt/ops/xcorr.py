@@ -43,11 +43,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-LAMBD = 0.0051  # the paper's lambda
 _BLOCK_ELEMS = 1 << 24  # direct mode builds C in D x block pieces of at most 64 MiB fp32
 
 
-def barlow_twins_loss(z1: Tensor, z2: Tensor, lambd: float = LAMBD, *, scale: float = 1.0,
+def barlow_twins_loss(z1: Tensor, z2: Tensor, lambd: float, *, scale: float = 1.0,
                       mode: str = "auto", eps: float = 1e-5, group=None) -> Tensor:
     """The Barlow Twins loss of projector outputs z1, z2 (N x D each): a 0-dim fp32 tensor.
 
