@@ -27,7 +27,7 @@ from fastbt.errors import ConfigError
 from fastbt.eval_data import center_crops, train_and_val
 from fastbt.knn import (accuracy, knn_predict, merge_nearest, nearest, topk_accuracy, topk_correct,
                         vote)
-from fastbt.model import build_backbone
+from fastbt.model import feature_width
 from fastbt.precision import autocast_dtype, use_channels_last
 from fastbt.weights import load_backbone
 
@@ -68,11 +68,6 @@ def eval_mode(module: nn.Module):
         yield module
     finally:
         module.train(was_training)
-
-
-def feature_width(arch: str) -> int:
-    with torch.device("meta"):  # no memory, no initialization
-        return build_backbone(arch)[1]
 
 
 def bank_dtype(device: torch.device) -> torch.dtype:

@@ -53,6 +53,17 @@ def build_backbone(arch: str) -> tuple[nn.Module, int]:
     return backbone, logits.in_features
 
 
+def feature_width(arch: str) -> int:
+    """The width of `arch`'s features, built on the meta device (no memory, no initialization)
+    where its constructor allows: RegNet's computes its stage widths with tensors, so it is built
+    for real."""
+    try:
+        with torch.device("meta"):
+            return build_backbone(arch)[1]
+    except NotImplementedError:  # "Cannot copy out of meta tensor"
+        return build_backbone(arch)[1]
+
+
 def build_projector(sizes: Sequence[int]) -> nn.Sequential:
     """Linear(no bias)-BN-ReLU for each hidden size, then a final Linear(no bias).
 

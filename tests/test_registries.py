@@ -14,7 +14,7 @@ import torchvision
 import pipelines
 from fastbt import config, loop, losses, model, runlog
 from fastbt.errors import ConfigError
-from fastbt.model import ARCHS, build_backbone, build_model
+from fastbt.model import ARCHS, build_backbone, build_model, feature_width
 from fastbt.step import TrainStep
 from pipelines.augment import AugSpec
 from pipelines.loader import NormalizedBatches, TwoViewLoader
@@ -117,7 +117,7 @@ def test_any_torchvision_backbone_gives_feature_vectors_of_its_width(arch, size)
         classifier = torchvision.models.get_model(arch, **ONE_OUTPUT.get(arch, {}))
     with torch.device("meta"):
         features = backbone.to("meta").eval()(torch.empty(2, 3, size, size))
-    assert features.shape == (2, width)
+    assert features.shape == (2, width) and feature_width(arch) == width
     # the removed logits layer (a Linear) is the only difference from torchvision's model
     ours, theirs = backbone.state_dict(), classifier.state_dict()
     assert set(ours) <= set(theirs) and all(ours[k].shape == theirs[k].shape for k in ours)
