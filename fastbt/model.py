@@ -4,10 +4,11 @@
 function building the classifier with random weights. Every torchvision classification model is in
 it. Its final Linear layer (the logits: ResNet's `fc`, the `classifier[-1]` of MobileNet /
 EfficientNet / ConvNeXt, ViT's `heads.head`, ...) becomes Identity, and that layer's input width is
-the feature width. For ResNets `model.backbone.state_dict()` then has exactly torchvision's keys
-minus `fc.*`, so an exported backbone loads into `torchvision.models.resnet50()` (the official
-torch.hub release format). Another backbone: a function returning a classifier whose last Linear
-is its logits layer, and one `ARCHS` entry.
+the feature width (a Dropout before it stays, as timm's `reset_classifier(0)` keeps it). For
+ResNets `model.backbone.state_dict()` then has exactly torchvision's keys minus `fc.*`, so an
+exported backbone loads into `torchvision.models.resnet50()` (the official torch.hub release
+format). Another backbone: a function returning a classifier whose last Linear is its logits
+layer, and one `ARCHS` entry.
 """
 
 from __future__ import annotations
