@@ -44,7 +44,8 @@ class RandomCrops:
             g = torch.Generator().manual_seed(batch_seed(self.seed, self.rank, self.epoch, i))
             crops = torch.randint(0, 256, (2, self.batch_size, 3, self.size, self.size), generator=g,
                                   dtype=torch.uint8)
-            yield crops[0].to(self.device), crops[1].to(self.device), torch.zeros(self.batch_size, dtype=torch.long)
+            labels = torch.zeros(self.batch_size, dtype=torch.long)
+            yield crops[0].to(self.device), crops[1].to(self.device), labels
 
 
 def random_center_crops(path, *, size, resize, mean, std, batch_size, device, rank, world_size, workers):
