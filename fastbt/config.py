@@ -200,7 +200,7 @@ def load(path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -
         _merge(tree, _read_yaml(Path(path)), source=str(path))
     for item in overrides:
         key, sep, text = item.partition("=")
-        source = f"override {_shown(item)}"
+        source = f"override {shown(item)}"
         if not sep or not key:
             raise ConfigError(f"{source} must look like key.sub=value")
         _merge(tree, _nest(key.strip(), _parse_yaml(text, source) if text.strip() else ""), source=source)
@@ -236,7 +236,7 @@ def _check_ranges(cfg: Config) -> None:
         for key in keys:
             value = functools.reduce(getattr, key.split("."), cfg)
             if not ok(value):
-                raise ConfigError(f"config key '{key}' must be {what}, got {_shown(value)}")
+                raise ConfigError(f"config key '{key}' must be {what}, got {shown(value)}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -316,7 +316,7 @@ class _BoundedLoader(yaml.SafeLoader):
                 continue
             key = self.construct_object(key_node)
             if key in first_line:
-                raise _Refused(f"duplicate key {_shown(key)} (first at line {first_line[key] + 1})",
+                raise _Refused(f"duplicate key {shown(key)} (first at line {first_line[key] + 1})",
                                key_node.start_mark)
             first_line[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep)
@@ -337,7 +337,7 @@ def _parse_yaml(text: str, source: str) -> Any:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    source = f"config file {_shown(str(path))}"
+    source = f"config file {shown(str(path))}"
     try:
         with open(path, "rb") as f:
             raw = f.read(MAX_CONFIG_BYTES + 1)
@@ -366,7 +366,7 @@ _REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict = 3, 8, 8, 8
 _REPR.maxstring = _REPR.maxother = SHOWN_CHARS
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
     """repr(value) for an error message: bounded work and at most ~SHOWN_CHARS characters."""
     return _cut(_REPR.repr(value))
 
@@ -391,7 +391,7 @@ def _merge(tree: dict[str, Any], update: dict[str, Any], source: str, prefix: st
         if isinstance(tree[key], dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{name}' is a section: expected a mapping of its "
-                                  f"keys, got {_shown(value)} in {source}")
+                                  f"keys, got {shown(value)} in {source}")
             _merge(tree[key], value, source, prefix=f"{name}.")
         else:
             tree[key] = value
@@ -438,7 +438,7 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
     """Check `value` against the annotation `hint`, converting where it is lossless."""
     def wrong() -> ConfigError:
         return ConfigError(f"config key '{key}' expects {_type_name(hint)}, "
-                           f"got {_shown(value)} ({type(value).__name__})")
+                           f"got {shown(value)} ({type(value).__name__})")
 
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):  # Optional[X]
@@ -478,7 +478,7 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
         except (ValueError, OverflowError):
             raise wrong() from None
         if not math.isfinite(number):  # .inf, .nan: no tunable means them
-            raise ConfigError(f"config key '{key}' expects a finite number, got {_shown(value)}")
+            raise ConfigError(f"config key '{key}' expects a finite number, got {shown(value)}")
         return number
     if hint is str:
         if not isinstance(value, str):
