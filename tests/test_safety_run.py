@@ -193,9 +193,14 @@ class Crash(Exception):
     pass
 
 
-def test_a_killed_and_resumed_run_logs_each_step_once(tmp_path, monkeypatch):
-    images = tmp_path / "shapes"
-    make_demo_folder(images, per_class=8, size=40)  # 80 images, 5 steps per epoch at batch 16
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    make_demo_folder(root, per_class=8, size=40)  # 80 images, 5 steps per epoch at batch 16
+    return root
+
+
+def test_a_killed_and_resumed_run_logs_each_step_once(images, tmp_path, monkeypatch):
     cfg = tiny(tmp_path / "run", f"data.path={images}", "train.epochs=2", "train.checkpoint_every_steps=3")
     real_step = TrainStep.__call__
     calls = {"n": 0}
@@ -237,6 +242,26 @@ def test_disk_full_during_a_checkpoint_write_is_one_error_and_keeps_the_previous
     monkeypatch.setattr(torch, "save", real_save)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_000000001.pt"]
     assert checkpoint.load_latest(tmp_path)["step"] == 1
+
+
+def test_a_pretraining_run_stops_in_one_line_when_the_disk_fills(images, tmp_path, monkeypatch, capsys):
+    run_dir = tmp_path / "run"
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def full_at_the_second_checkpoint(obj, f):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, f)
+
+    monkeypatch.setattr(torch, "save", full_at_the_second_checkpoint)
+    err = one_line_error(capsys, ["pretrain", os.devnull, *TINY, f"data.path={images}",
+                                  f"train.out_dir={run_dir}", "train.checkpoint_every_steps=2"])
+    assert err.startswith(f"fastbt pretrain: error: no space left on device while writing "
+                          f"{run_dir}/ckpt_000000004.pt (")
+    assert [p.name for p in checkpoint.checkpoints(run_dir)] == ["ckpt_000000002.pt"]
+    assert checkpoint.load_latest(run_dir)["step"] == 2
 
 
 @pytest.fixture
