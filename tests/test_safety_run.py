@@ -17,7 +17,6 @@ from fastbt import checkpoint, config, dist, loop, rundir, runlog
 from fastbt.cli import main
 from fastbt.demo_data import make_demo_folder
 from fastbt.errors import RunDirError
-from fastbt.step import TrainStep
 
 import distributed
 
@@ -202,20 +201,18 @@ def images(tmp_path_factory):
 
 def test_a_killed_and_resumed_run_logs_each_step_once(images, tmp_path, monkeypatch):
     cfg = tiny(tmp_path / "run", f"data.path={images}", "train.epochs=2", "train.checkpoint_every_steps=3")
-    real_step = TrainStep.__call__
-    calls = {"n": 0}
+    real_write = runlog.RunLog.write
 
-    def crash_at_step_8(self, view1, view2):
-        calls["n"] += 1
-        if calls["n"] == 8:
+    def killed_before_logging_step_8(self, record):
+        if record["step"] == 8:
             raise Crash()
-        return real_step(self, view1, view2)
+        real_write(self, record)
 
-    monkeypatch.setattr(TrainStep, "__call__", crash_at_step_8)
+    monkeypatch.setattr(runlog.RunLog, "write", killed_before_logging_step_8)
     with pytest.raises(Crash):
         loop.pretrain(cfg)
     assert [r["step"] for r in runlog.read(tmp_path / "run" / "log.jsonl")] == list(range(1, 8))
-    monkeypatch.setattr(TrainStep, "__call__", real_step)
+    monkeypatch.setattr(runlog.RunLog, "write", real_write)
     loop.pretrain(cfg)  # resumes at step 6
     assert [r["step"] for r in runlog.read(tmp_path / "run" / "log.jsonl")] == list(range(1, 11))
 
