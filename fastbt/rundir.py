@@ -23,6 +23,7 @@ import os
 import socket
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -139,11 +140,15 @@ def _checkpoint_to_resume(run_dir: Path, cfg: Config) -> tuple[str | None, int]:
     found = checkpoint.checkpoints(run_dir)
     if not found:
         return None, 0
-    state = checkpoint.load_latest(run_dir)  # warns about each damaged one it skips
-    if state is None:
+    with warnings.catch_warnings(record=True) as damaged:  # one per damaged checkpoint skipped
+        warnings.simplefilter("always")
+        state = checkpoint.load_latest(run_dir)
+    if state is None:  # one line says it all
         raise RunDirError(f"none of the {len(found)} checkpoint(s) in {run_dir} can be read (newest: "
                           f"{found[0].name}); add train.resume=restart to start over from step 0 "
                           f"(the old files are moved to {run_dir}/previous-<time>/)")
+    for warning in damaged:
+        warnings.warn(warning.message, stacklevel=2)
     if "config" not in state:
         raise RunDirError(f"{state['path']} does not record the config it was made with; add "
                           "train.resume=force to resume from it anyway, or train.resume=restart")

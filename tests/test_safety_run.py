@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -170,7 +171,8 @@ def test_when_no_checkpoint_can_be_read_the_run_stops_unless_told_to_restart(tmp
     for path in checkpoint.checkpoints(run_dir):
         path.write_bytes(path.read_bytes()[:100])
     before = snapshot(run_dir)
-    with pytest.warns(UserWarning, match="unreadable"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the one line is the whole message: no warnings besides
         err = one_line_error(capsys, ["pretrain", os.devnull, *TINY, f"train.out_dir={run_dir}"])
     assert f"none of the 2 checkpoint(s) in {run_dir} can be read (newest: ckpt_000000006.pt); add " \
            "train.resume=restart to start over from step 0" in err
@@ -183,6 +185,13 @@ def test_when_no_checkpoint_can_be_read_the_run_stops_unless_told_to_restart(tmp
 
 def test_resuming_drops_the_log_records_past_the_resumed_step(tmp_path):
     run_dir = fake_run(tmp_path / "run", tiny(tmp_path / "run"))
+    newest = checkpoint.checkpoints(run_dir)[0]
+    newest.write_bytes(newest.read_bytes()[:100])
+    with pytest.warns(UserWarning, match="ckpt_000000006.pt is unreadable"):
+        assert rundir.prepare(run_dir, tiny(run_dir), ONE) == str(run_dir / "ckpt_000000003.pt")
+    assert [r["step"] for r in runlog.read(run_dir / "log.jsonl")] == [1, 2, 3]
+    assert not list(run_dir.glob(".*tmp"))
+    fake_run(run_dir, tiny(run_dir))
     rundir.prepare(run_dir, tiny(run_dir), ONE)
     assert [r["step"] for r in runlog.read(run_dir / "log.jsonl")] == [1, 2, 3, 4, 5, 6]
     assert not list(run_dir.glob(".*tmp"))
