@@ -48,7 +48,14 @@ SAFE_TO_CHANGE = ("train.out_dir", "train.resume", "train.checkpoint_every_steps
                   "logging.", "profile.", "eval.")
 # Keys no resume can change, forced or not: the checkpoint's weights would not fit the model.
 SHAPE_KEYS = ("model.",)
-_ABSENT = "(absent)"
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "(absent)"
+
+
+_ABSENT = _Absent()  # the value of a key one of two configs does not have
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,8 +181,8 @@ def config_changes(saved: dict[str, Any], cfg: Config) -> list[tuple[str, Any, A
     predates the key) counts as its default; one that no longer exists shows as (absent) now."""
     before = {**_flat(config.to_dict(Config())), **_flat(saved)}
     now = _flat(config.to_dict(cfg))
-    return [(key, before.get(key, _ABSENT), now.get(key, _ABSENT))
-            for key in sorted(before.keys() | now.keys()) if before.get(key) != now.get(key)]
+    pairs = [(key, before.get(key, _ABSENT), now.get(key, _ABSENT)) for key in sorted(before | now)]
+    return [(key, old, new) for key, old, new in pairs if old != new]
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
