@@ -7,14 +7,18 @@ newest checkpoint that loads is used; a corrupt one is reported and the previous
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from fastbt.errors import RunDirError
 
 KEEP = 2  # checkpoints kept: the newest, and one to fall back on if the newest is damaged
 _NAME = re.compile(r"ckpt_(\d+)\.pt$")
@@ -30,14 +34,27 @@ def atomic_save(obj: Any, path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if _disk_full(err):  # the previous file under `path`, if any, is untouched
+            free = shutil.disk_usage(path.parent).free / 2**20
+            raise RunDirError(f"no space left on device while writing {path} ({free:.0f} MB free "
+                              "there): free some space and rerun to resume") from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _disk_full(err: BaseException | None) -> bool:
+    """ENOSPC/EDQUOT anywhere in the chain: torch.save reports it as a RuntimeError caused by it."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def checkpoints(run_dir: Path) -> list[Path]:

@@ -7,3 +7,8 @@ class ConfigError(ValueError):
 
 class RunStopped(RuntimeError):
     """A run stopped itself for a reason the message gives (e.g. a non-finite loss)."""
+
+
+class RunDirError(RuntimeError):
+    """A run directory cannot be used as asked: another run holds it, it holds a run of another
+    config or only unreadable checkpoints, or its disk is full; the message says what to do."""

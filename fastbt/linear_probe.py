@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastbt import checkpoint, config, dist
+from fastbt import checkpoint, config, dist, rundir
 from fastbt.config import Config
 from fastbt.errors import ConfigError
 from fastbt.eval_data import center_crops, random_crops, train_and_val
@@ -106,6 +106,7 @@ def linear_probe(cfg: Config, weights: str | Path, cached: bool = False,
     ev, lin = cfg.eval, cfg.eval.linear
     name = "linear_cached" if cached else "linear"
     out_dir = Path(out_dir) if out_dir else Path(weights).with_name(f"{Path(weights).stem}_{name}")
+    rundir.refuse_run_dir(out_dir, "the linear probe")
     device = dist.pick_device(cfg.runtime.device, 0)
     backbone, width = load_backbone(weights, cfg.model.arch)
     train, val = train_and_val(*labeled_paths(ev))

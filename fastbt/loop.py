@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from fastbt import checkpoint, config, dist
+from fastbt import checkpoint, config, dist, rundir
 from fastbt.config import Config
 from fastbt.errors import RunStopped
 from fastbt.evaluate import KnnEval
@@ -66,19 +66,18 @@ class NonFiniteWatch:
 def pretrain(cfg: Config) -> Path:
     world = dist.init(cfg.runtime.device)
     try:
-        return _pretrain(cfg, world)
+        with rundir.exclusive(Path(cfg.train.out_dir), world):  # one run per directory
+            return _pretrain(cfg, world)
     finally:
         dist.teardown()
 
 
 def _pretrain(cfg: Config, world: dist.World) -> Path:
     run_dir = Path(cfg.train.out_dir)
-    if world.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config.save(cfg, run_dir / "config.yaml")
+    resume_from = rundir.prepare(run_dir, cfg, world)  # config check, log cut, config.yaml
     run = build_run(cfg, world)
     loader, derived, model, optimizer = run.loader, run.derived, run.model, run.optimizer
-    step = _resume(run_dir, model, optimizer, world)  # after DDP's broadcast: every rank loads it
+    step = _resume(resume_from, model, optimizer, world)  # after DDP's broadcast: every rank loads it
     # the optional online kNN monitor runs on every rank (it shares the work with collectives)
     knn = KnnEval(cfg, world.device, world.rank, world.size) if cfg.eval.knn.every_epochs else None
 
@@ -167,15 +166,15 @@ def _pretrain(cfg: Config, world: dist.World) -> Path:
         bar.close()
 
 
-def _resume(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+def _resume(path: str | None, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
             world: dist.World) -> int:
-    """Load the newest valid checkpoint of `run_dir` (every rank reads it), return its step."""
-    state = checkpoint.load_latest(run_dir, map_location=world.device)
-    if state is None:
+    """Load the checkpoint `rundir.prepare` chose (every rank reads it), return its step."""
+    if path is None:
         return 0
+    state = checkpoint.load(path, map_location=world.device)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"]["torch"].cpu())
     random.setstate(state["rng"]["python"])
-    dist.print0(world, f"fastbt: resumed from {state['path']}")
+    dist.print0(world, f"fastbt: resumed from {path}")
     return int(state["step"])

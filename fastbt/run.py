@@ -17,6 +17,7 @@ from torch import nn
 import pipelines
 from fastbt import config, dist
 from fastbt.config import Config, Derived
+from fastbt.errors import ConfigError
 from fastbt.losses import build_loss
 from fastbt.model import build_model
 from fastbt.norm import use_global_batch_norm
@@ -46,6 +47,8 @@ class Run:
 
 
 def build_run(cfg: Config, world: dist.World) -> Run:
+    if not cfg.data.path:
+        raise ConfigError("data.path is not set: give the dataset, e.g. data.path=/data/in1k_ffcv")
     dist.seed_everything(cfg.train.seed)
     group = torch_dist.group.WORLD if world.distributed else None
 
