@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipelines import dali_data, ffcv_data, manifest
+from pipelines import dali_data, ffcv_data, manifest, shards
 from pipelines.errors import DataError
 
 
@@ -101,21 +101,21 @@ def _verify_dali(m: manifest.Manifest, chosen: set[int] | None, skip: dict[Path,
             position += f.samples
             continue
         try:
-            samples, index = dali_data.shard_samples(tar), dali_data.read_index(idx)
+            samples, index = shards.shard_samples(tar), dali_data.read_index(idx)
         except (tarfile.TarError, ValueError, OSError) as err:
             problems.append(f"{tar}: cannot be read ({err})")
             position += f.samples
             continue
         if len(samples) != f.samples:
             problems.append(f"{tar}: {len(samples)} samples, manifest says {f.samples}")
-        if [e.get(dali_data.IMAGE_EXT) for e in index] != [(s.offset, s.size) for s in samples]:
+        if [e.get(shards.IMAGE_EXT) for e in index] != [(s.offset, s.size) for s in samples]:
             problems.append(f"{idx}: does not match the members of {tar.name}")
         with open(tar, "rb") as fh:
             for s in samples:
                 labels.append(s.label)
                 if chosen is None or position in chosen:
                     data = os.pread(fh.fileno(), s.size, s.offset)
-                    problem = _check_image(f"{tar}:{s.key}.{dali_data.IMAGE_EXT}", data, max_side)
+                    problem = _check_image(f"{tar}:{s.key}.{shards.IMAGE_EXT}", data, max_side)
                     problems += [problem] if problem else []
                     decoded += 1
                 position += 1
