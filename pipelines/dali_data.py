@@ -10,7 +10,7 @@ scanning them, and fastbt's loader finds any sample's bytes without reading the 
 from __future__ import annotations
 
 import io
-import os
+import mmap
 from pathlib import Path
 
 import numpy as np
@@ -74,11 +74,13 @@ def _dataset(path) -> manifest.Manifest:
 
 class ShardReader:
     """Random access to a DALI dataset's samples by dataset index (shard order, then order within
-    a shard), through the shards' indexes: (JPEG bytes, label) with one pread each, and each
-    image's size, read from its JPEG header the first time it is needed."""
+    a shard), through the shards' indexes: JPEG bytes as views of the memory-mapped shards (DALI's
+    own reader maps them too; the external source copies them), labels, and each image's size,
+    read from its JPEG header the first time it is needed."""
 
     def __init__(self, m: manifest.Manifest):
         self.paths = [str(p) for p in m.data_paths()]
+        self.maps: dict[int, mmap.mmap] = {}  # shard -> its mapping, opened when first read
         shard, where = [], []
         for i, idx in enumerate(m.index_paths()):
             entries = read_index(idx)
@@ -91,20 +93,21 @@ class ShardReader:
     def __len__(self) -> int:
         return len(self.shard)
 
+    def _map(self, shard: int) -> mmap.mmap:
+        if shard not in self.maps:
+            with open(self.paths[shard], "rb") as f:
+                self.maps[shard] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        return self.maps[shard]
+
     def read(self, indices: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
         """The samples' JPEGs (uint8 arrays) and labels (int64), in the order of `indices`."""
-        jpegs, labels = [None] * len(indices), np.empty(len(indices), np.int64)
-        for s in np.unique(self.shard[indices]):  # each shard opened once per batch
-            fd = os.open(self.paths[s], os.O_RDONLY)
-            try:
-                for k in np.flatnonzero(self.shard[indices] == s):
-                    offset, size, label_offset, label_size = self.where[indices[k]].tolist()
-                    jpegs[k] = np.frombuffer(os.pread(fd, size, offset), np.uint8)
-                    labels[k] = int(os.pread(fd, label_size, label_offset))
-            finally:
-                os.close(fd)
-        unknown = [k for k, i in enumerate(indices) if not self.heights[i]]
-        for k in unknown:
+        jpegs, labels = [], np.empty(len(indices), np.int64)
+        for k, (shard, (offset, size, label_offset, label_size)) in enumerate(
+                zip(self.shard[indices].tolist(), self.where[indices].tolist())):
+            data = self._map(shard)
+            jpegs.append(np.frombuffer(data, np.uint8, size, offset))
+            labels[k] = int(data[label_offset:label_offset + label_size])
+        for k in np.flatnonzero(self.heights[indices] == 0).tolist():
             self.widths[indices[k]], self.heights[indices[k]] = Image.open(io.BytesIO(jpegs[k])).size
         return jpegs, labels
 
