@@ -75,7 +75,8 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, options: Options, *,
         n = ffcv_data.write_beton(beton, tars, workers)
         files = [manifest.DataFile(beton.name, beton.stat().st_size, n)]
     else:
-        files = [manifest.DataFile(r.tar, r.bytes, r.samples, dali_data.index_name(r)) for r in results if r.samples]
+        files = [manifest.DataFile(r.tar, r.bytes, r.samples, dali_data.index_name(r))
+                 for r in results if r.samples]
     manifest.write(partial, _manifest(source, options, results, files))
     _move_into_place(partial, out)
 
@@ -201,7 +202,8 @@ def _companions(result: ShardResult, fmt: str) -> list[str]:
 
 
 def _check_shard(folder: Path, result: ShardResult, fmt: str) -> str | None:
-    return shards.check_shard(folder, result) or (dali_data.check_index(folder, result) if fmt == "dali" else None)
+    problem = shards.check_shard(folder, result)
+    return problem or (dali_data.check_index(folder, result) if fmt == "dali" else None)
 
 
 def _write_shards(jobs: list[ShardJob], source: Source, folder: Path, options: Options, workers: int,

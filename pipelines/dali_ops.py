@@ -94,7 +94,8 @@ class TwoViewBatches:
     def _batches(self, run: int):
         try:
             for [batch] in self.iterator:
-                yield _nchw(batch["view1"]), _nchw(batch["view2"]), batch["labels"].to(self.device, non_blocking=True)
+                labels = batch["labels"].to(self.device, non_blocking=True)
+                yield _nchw(batch["view1"]), _nchw(batch["view2"]), labels
             self.open = False
         finally:
             if run == self.run:  # left early (break, islice): drop what DALI has prefetched

@@ -6,8 +6,8 @@ Decode once, crop twice: the field's decoder `JpegBytes` only copies each sample
 it for both views (OpenCV), on a pool of threads, outside the GIL. The crops' randomness is a pure
 function of (seed, epoch, view, sample index), drawn in numpy (`pipelines.crop_params`); not
 numba's per-thread generators, which FFCV's own crop decoders use: ffcv 1.0.2 never seeds them,
-and which thread draws for which sample varies. So epoch e's crops are the same in every run, whatever the rank count, batch size
-or thread count, and a resumed run replays them.
+and which thread draws for which sample varies. So epoch e's crops are the same in every run,
+whatever the rank count, batch size or thread count, and a resumed run replays them.
 """
 
 from __future__ import annotations

@@ -242,12 +242,14 @@ def mixing(root: Path, classes: int, batch: int, buffer_shards: int, workers: in
     rows = [  # (loader, before: epoch -> label batches, after)
         ("dali (fastbt loader; before: its stock-reader scheme)", stock(paths["dali-before"]),
          loader(paths["dali-after"], "dali")),
-        ("dali stock readers.webdataset + shuffle buffer", stock(paths["dali-before"]), stock(paths["dali-after"])),
+        ("dali stock readers.webdataset + shuffle buffer", stock(paths["dali-before"]),
+         stock(paths["dali-after"])),
         ("ffcv", loader(paths["ffcv-before"], "ffcv"), loader(paths["ffcv-after"], "ffcv")),
         ("torchvision (reads the source folder)", loader(paths["torchvision"], "torchvision"), None),
     ]
     print(f"\nclass mixing: {classes} classes x {MIX_PER_CLASS} images, class-sorted source, batch {batch}, "
-          f"stock-reader buffer {buffer_shards} shards; uniformly random batches: {expected:.2f} distinct classes")
+          f"stock-reader buffer {buffer_shards} shards; uniformly random batches: {expected:.2f} "
+          "distinct classes")
     print("| loader | " + " | ".join(f"{w} epoch {e}" for w in ("before", "after") for e in MIX_EPOCHS)
           + " | after / random |\n|---|---|---|---|---|---|")
     for name, before, after in rows:

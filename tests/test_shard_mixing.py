@@ -7,7 +7,6 @@ Scaled like ImageNet with DALI's reader: one class per shard when sorted, a shuf
 three shards. Printed figures: `pytest -s`.
 """
 
-import numpy as np
 import pytest
 
 import pipelines
