@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Two-view pairs/s of the data backends, all in one run on one generated JPEG set.
 
-    .venv/bin/python scripts/bench_pipelines.py                 # 2.5-4 minutes on 2 cores
+    .venv/bin/python scripts/bench_pipelines.py                 # 4-6 minutes on 2 cores
+    .venv/bin/python scripts/bench_pipelines.py --only-mixing   # the class-mixing table alone, ~1.5 min
     .venv/bin/python scripts/bench_pipelines.py --device cuda --batch 256 --workers 8
 
 Data: N photo-like JPEGs (tests/make_images.natural_image, ImageNet-like 500x375 and 375x500, ~110
