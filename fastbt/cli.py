@@ -72,7 +72,7 @@ def _convert(args: argparse.Namespace) -> int:
     from pipelines.options import Options
 
     options = Options(args.format, args.max_resolution, args.jpeg_quality, args.shard_size, args.limit,
-                      args.max_unreadable)
+                      args.max_unreadable, args.seed)
     try:
         convert(args.src, args.out, options, workers=args.workers, overwrite=args.overwrite)
     except KeyboardInterrupt:
@@ -106,6 +106,9 @@ def _add_convert(sub) -> None:
     p.add_argument("--max-unreadable", type=float, default=c.MAX_UNREADABLE, metavar="F",
                    help="fail if more than this fraction of image files cannot be decoded "
                         "(default %(default)s)")
+    p.add_argument("--seed", type=int, default=c.SEED,
+                   help="seed of the shuffle that spreads the images over the shards (default %(default)s; "
+                        "recorded in the manifest: the same seed gives the same dataset)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=_convert)
 

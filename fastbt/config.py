@@ -48,7 +48,7 @@ class OneOf:
 
 @dataclass(frozen=True)
 class DataConfig:
-    backend: Annotated[str, OneOf("pipelines:BACKENDS")] = "ffcv"  # ffcv, dali, torchvision, ...
+    backend: Annotated[str, OneOf("pipelines.backends:BACKENDS")] = "ffcv"  # ffcv, dali, torchvision, ...
     path: str = ""  # a .beton, a folder of DALI shards, or an image folder (torchvision backend)
     workers: int = 8  # decode processes/threads per training process (torchvision: 0 = in-process)
 

@@ -1,7 +1,8 @@
 """`convert`: an ImageNet-layout folder -> a DALI (webdataset shards) or FFCV (.beton) dataset.
 
-    source.scan -> shard jobs -> W processes write shards (dali_data.write_shard) -> journal
-    -> [ffcv: pack the shards into a .beton] -> manifest.json -> rename OUT.partial to OUT
+    source.scan -> shard jobs (a seeded shuffle) -> W processes write shards (shards.write_shard;
+    dali: + each shard's index) -> journal -> [ffcv: pack the shards into a .beton] -> manifest.json
+    -> rename OUT.partial to OUT
 
 The dataset is built in `OUT.partial/` and renamed to OUT only when complete, so OUT is either
 absent or finished. `OUT.partial/journal.jsonl` holds the plan (source, options) and a line per
@@ -26,8 +27,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipelines import dali_data, ffcv_data, manifest
-from pipelines.dali_data import ShardJob, ShardResult
+from pipelines import dali_data, ffcv_data, manifest, shards
+from pipelines.shards import ShardJob, ShardResult
 from pipelines.errors import DataError
 from pipelines.options import Options
 from pipelines.source import Source, scan
@@ -58,8 +59,8 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, options: Options, *,
     source = scan(src, options.limit)
     plan = {"source": str(src), **options.plan(), "fingerprint": _fingerprint(source)}
     shard_dir = partial / SPOOL_NAME if options.format == "ffcv" else partial
-    kept = _open_partial(partial, shard_dir, plan, overwrite, log)
-    jobs = _shard_jobs(source, options.shard_size)
+    kept = _open_partial(partial, shard_dir, plan, options.format, overwrite, log)
+    jobs = shards.shard_jobs(source.samples, options.shard_size, options.seed)
     todo = [job for job in jobs if job.index not in kept]
     n_todo = sum(len(job.items) for job in todo)
     results = list(kept.values()) + _write_shards(
@@ -69,12 +70,13 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, options: Options, *,
     _check_unreadable(source, results, options.max_unreadable, partial)
 
     if options.format == "ffcv":
-        shards = [shard_dir / r.tar for r in results if r.samples]
+        tars = [shard_dir / r.tar for r in results if r.samples]
         beton = partial / ffcv_data.BETON_NAME
-        n = ffcv_data.write_beton(beton, shards, workers)
+        n = ffcv_data.write_beton(beton, tars, workers)
         files = [manifest.DataFile(beton.name, beton.stat().st_size, n)]
     else:
-        files = [manifest.DataFile(r.tar, r.bytes, r.samples, r.idx) for r in results if r.samples]
+        files = [manifest.DataFile(r.tar, r.bytes, r.samples, dali_data.index_name(r))
+                 for r in results if r.samples]
     manifest.write(partial, _manifest(source, options, results, files))
     _move_into_place(partial, out)
 
@@ -110,15 +112,10 @@ def _fingerprint(source: Source) -> str:
     return h.hexdigest()[:16]
 
 
-def _shard_jobs(source: Source, shard_size: int) -> list[ShardJob]:
-    items = [(pos, s.path, s.label) for pos, s in enumerate(source.samples)]
-    return [ShardJob(i // shard_size, tuple(items[i:i + shard_size]))
-            for i in range(0, len(items), shard_size)]
-
-
 # ---- the unfinished conversion: OUT.partial and its journal ----------------------------------
 
-def _open_partial(partial: Path, shard_dir: Path, plan: dict, overwrite: bool, log) -> dict[int, ShardResult]:
+def _open_partial(partial: Path, shard_dir: Path, plan: dict, fmt: str, overwrite: bool,
+                  log) -> dict[int, ShardResult]:
     """Start OUT.partial, or resume it: returns the finished shards that still verify, by index."""
     journal = partial / JOURNAL_NAME
     if partial.exists():
@@ -130,7 +127,7 @@ def _open_partial(partial: Path, shard_dir: Path, plan: dict, overwrite: bool, l
                 leftover.unlink()
             kept = {}
             for index, result in finished.items():
-                problem = dali_data.check_shard(shard_dir, result)
+                problem = _check_shard(shard_dir, result, fmt)
                 if problem:
                     log(f"resume: redoing shard {index}: {problem}")
                 else:
@@ -189,8 +186,24 @@ def _count_file() -> None:
         _files_done.value += 1
 
 
-def _write_shard(job: ShardJob, src_root: Path, folder: Path, max_side: int, quality: int) -> ShardResult:
-    return dali_data.write_shard(job, src_root, folder, max_side, quality, on_file=_count_file)
+# What a format adds to each shard: DALI an index (written by the worker, renamed before the tar,
+# checked on resume); FFCV nothing (its shards are packed into the .beton, then deleted).
+
+def _write_shard(job: ShardJob, src_root: Path, folder: Path, max_side: int, quality: int,
+                 fmt: str) -> ShardResult:
+    result = shards.write_shard(job, src_root, folder, max_side, quality, on_file=_count_file)
+    if fmt == "dali" and result.samples:
+        dali_data.write_index(folder, result)
+    return result
+
+
+def _companions(result: ShardResult, fmt: str) -> list[str]:
+    return [dali_data.index_name(result)] if fmt == "dali" else []
+
+
+def _check_shard(folder: Path, result: ShardResult, fmt: str) -> str | None:
+    problem = shards.check_shard(folder, result)
+    return problem or (dali_data.check_index(folder, result) if fmt == "dali" else None)
 
 
 def _write_shards(jobs: list[ShardJob], source: Source, folder: Path, options: Options, workers: int,
@@ -204,7 +217,7 @@ def _write_shards(jobs: list[ShardJob], source: Source, folder: Path, options: O
     bar = tqdm(total=len(source.samples), initial=done, unit="img", desc="convert", smoothing=0.05,
                disable=not progress, file=sys.stderr)
     work = functools.partial(_write_shard, src_root=source.root, folder=folder,
-                             max_side=options.max_resolution, quality=options.jpeg_quality)
+                             max_side=options.max_resolution, quality=options.jpeg_quality, fmt=options.format)
     with bar, multiprocessing.Pool(min(workers, len(jobs)), _init_worker, (counter,)) as pool:
         pending = pool.imap_unordered(work, jobs)
         while len(results) < len(jobs):
@@ -213,7 +226,7 @@ def _write_shards(jobs: list[ShardJob], source: Source, folder: Path, options: O
             except multiprocessing.TimeoutError:
                 pass
             else:
-                dali_data.commit_shard(folder, result)
+                shards.commit_shard(folder, result, _companions(result, options.format))
                 _append(journal, result.to_json())
                 results.append(result)
             bar.update(done + counter.value - bar.n)

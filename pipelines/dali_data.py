@@ -1,139 +1,49 @@
-"""DALI data: webdataset tar shards with their DALI index files. The writer comes first; the DALI
-two-view loader that reads the shards goes below it (its DALI graphs are in `dali_ops`).
+"""DALI data: the webdataset shards (`pipelines.shards`) plus an index per shard. The index comes
+first; the DALI two-view loader that reads the shards goes below it (its DALI graphs are in
+`dali_ops`).
 
-A shard `shard-000042.tar` holds, per sample, `<key>.jpg` (an RGB JPEG, longest side <= R, quality
-Q) then `<key>.cls` (the label in ASCII digits: DALI returns it as raw bytes). The key is the
-sample's position in the sorted source list, so a shard's content never depends on when or where it
-was written. `shard-000042.idx` is the index DALI's own `wds2idx` tool makes for it, so
+`shard-000042.idx` is the index DALI's own `wds2idx` tool makes for `shard-000042.tar`, so
 `fn.readers.webdataset(paths=tars, index_paths=idxs, ext=["jpg", "cls"])` opens the shards without
-scanning them. Shards are written under a temporary name; the converter renames them when they are
-complete (`commit_shard`).
+scanning them, and fastbt's loader finds any sample's bytes without reading the tars' headers.
 """
 
 from __future__ import annotations
 
 import io
-import itertools
-import os
-import tarfile
-from collections import Counter
-from dataclasses import dataclass, field
+import mmap
 from pathlib import Path
-from typing import Callable
 
+import numpy as np
 from PIL import Image
 
 from pipelines import manifest
-from pipelines.source import UnreadableImage, read_rgb
+from pipelines.crop_params import crops_and_flips
+from pipelines.shards import IMAGE_EXT, LABEL_EXT, TMP, ShardResult, shard_name
 
-IMAGE_EXT, LABEL_EXT = "jpg", "cls"
 INDEX_VERSION = "v1.2"  # first word of a wds2idx index file
 
 
-# ---- writing ---------------------------------------------------------------------------------
+# ---- the index of a shard --------------------------------------------------------------------
 
-def shard_name(index: int) -> str:
-    return f"shard-{index:06d}"
-
-
-def sample_key(position: int) -> str:
-    return f"{position:09d}"  # no dots: webdataset splits a member name at its first dot
+def index_name(result: ShardResult) -> str:
+    return shard_name(result.index) + ".idx"
 
 
-@dataclass(frozen=True)
-class ShardJob:
-    index: int
-    items: tuple[tuple[int, str, int], ...]  # (position in the source list, relative path, label)
-
-
-@dataclass(frozen=True)
-class ShardResult:
-    """What one shard holds; also a line of the converter's journal (see `to_json`)."""
-    index: int
-    samples: int
-    bytes: int  # size of the .tar; 0 when every file of the shard was unreadable (no files written)
-    label_counts: dict[int, int] = field(default_factory=dict)
-    skipped: tuple[tuple[str, str], ...] = ()  # (relative path, reason) of unreadable files
-
-    @property
-    def tar(self) -> str:
-        return shard_name(self.index) + ".tar"
-
-    @property
-    def idx(self) -> str:
-        return shard_name(self.index) + ".idx"
-
-    def to_json(self) -> dict:
-        return {"index": self.index, "samples": self.samples, "bytes": self.bytes,
-                "label_counts": sorted(self.label_counts.items()), "skipped": list(self.skipped)}
-
-    @classmethod
-    def from_json(cls, d: dict) -> ShardResult:
-        return cls(d["index"], d["samples"], d["bytes"], dict(map(tuple, d["label_counts"])),
-                   tuple(map(tuple, d["skipped"])))
-
-
-def encode_jpeg(img: Image.Image, quality: int) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=quality)  # 4:2:0 chroma, baseline: what nvJPEG and libjpeg decode fastest
-    return buf.getvalue()
-
-
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)  # mtime 0, uid 0: identical inputs give identical shards
-    info.size, info.mode = len(data), 0o644
-    tar.addfile(info, io.BytesIO(data))
-
-
-def write_shard(job: ShardJob, src_root: Path, folder: Path, max_side: int, quality: int,
-                on_file: Callable[[], None] = lambda: None) -> ShardResult:
-    """Read, resize and encode the job's images into `<folder>/<shard>.tar.tmp` and `.idx.tmp`.
-    Unreadable files are skipped and reported. `on_file` is called after each file (progress)."""
-    tar_tmp = folder / (shard_name(job.index) + ".tar.tmp")
-    counts, skipped = Counter(), []
-    with tarfile.open(tar_tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for position, rel, label in job.items:
-            try:
-                jpeg = encode_jpeg(read_rgb(src_root / rel, max_side), quality)
-            except UnreadableImage as err:
-                skipped.append((rel, str(err)))
-            else:
-                _add_member(tar, f"{sample_key(position)}.{IMAGE_EXT}", jpeg)
-                _add_member(tar, f"{sample_key(position)}.{LABEL_EXT}", str(label).encode())
-                counts[label] += 1
-            on_file()
-    samples = sum(counts.values())
-    if samples == 0:  # an empty tar has no valid DALI index; keep no files for this shard
-        tar_tmp.unlink()
-        return ShardResult(job.index, 0, 0, {}, tuple(skipped))
-    write_index(tar_tmp, folder / (shard_name(job.index) + ".idx.tmp"))
-    return ShardResult(job.index, samples, tar_tmp.stat().st_size, dict(counts), tuple(skipped))
-
-
-def write_index(tar_path: Path, idx_path: Path) -> None:
-    """The DALI index of one shard, made by DALI's own `wds2idx` (IndexCreator), not re-implemented."""
+def write_index(folder: Path, result: ShardResult) -> None:
+    """The DALI index of a shard just written (`<shard>.tar.tmp` -> `<shard>.idx.tmp`), made by
+    DALI's own `wds2idx` (IndexCreator), not re-implemented."""
     from wds2idx import IndexCreator  # a top-level module installed by nvidia-dali
 
-    with IndexCreator(str(tar_path), str(idx_path), verbose=False) as creator:
+    tar, idx = folder / (result.tar + TMP), folder / (index_name(result) + TMP)
+    with IndexCreator(str(tar), str(idx), verbose=False) as creator:
         creator.create_index()
 
 
-def commit_shard(folder: Path, result: ShardResult) -> None:
-    """Give a finished shard its final names (each rename is atomic)."""
-    if result.samples:
-        os.replace(folder / (result.idx + ".tmp"), folder / result.idx)
-        os.replace(folder / (result.tar + ".tmp"), folder / result.tar)
-
-
-def check_shard(folder: Path, result: ShardResult) -> str | None:
-    """Cheap check that a committed shard is still what was written: None if fine, else why not."""
+def check_index(folder: Path, result: ShardResult) -> str | None:
+    """Cheap check that a committed shard's index is there and counts its samples: None if fine."""
     if not result.samples:
         return None
-    tar, idx = folder / result.tar, folder / result.idx
-    if not tar.is_file():
-        return f"{tar}: missing"
-    if tar.stat().st_size != result.bytes:
-        return f"{tar}: {tar.stat().st_size} bytes, expected {result.bytes} (truncated or replaced)"
+    idx = folder / index_name(result)
     if not idx.is_file():
         return f"{idx}: missing"
     with open(idx) as f:
@@ -141,32 +51,6 @@ def check_shard(folder: Path, result: ShardResult) -> str | None:
     if header != [INDEX_VERSION, str(result.samples)]:
         return f"{idx}: header {' '.join(header)!r}, expected '{INDEX_VERSION} {result.samples}'"
     return None
-
-
-# ---- reading a shard without DALI (packing into FFCV, inspecting) ----------------------------
-
-@dataclass(frozen=True)
-class ShardSample:
-    key: str
-    offset: int  # of the JPEG bytes in the tar
-    size: int
-    label: int
-
-
-def shard_samples(tar_path: Path) -> list[ShardSample]:
-    """The samples of one shard, in order, from its tar headers and .cls members."""
-    samples, pending = [], {}
-    with tarfile.open(tar_path, "r:") as tar:
-        for member in tar:
-            key, _, ext = member.name.partition(".")
-            if ext == IMAGE_EXT:
-                pending[key] = (member.offset_data, member.size)
-            elif ext == LABEL_EXT and key in pending:
-                label = int(tar.extractfile(member).read())
-                samples.append(ShardSample(key, *pending.pop(key), label))
-    if pending:
-        raise ValueError(f"{tar_path}: {len(pending)} .{IMAGE_EXT} members without .{LABEL_EXT}")
-    return samples
 
 
 def read_index(idx_path: Path) -> list[dict[str, tuple[int, int]]]:
@@ -182,20 +66,89 @@ def read_index(idx_path: Path) -> list[dict[str, tuple[int, int]]]:
     return out
 
 
-
 # ---- the two-view loader (its DALI graphs are in pipelines.dali_ops) -------------------------
 
 def _dataset(path) -> manifest.Manifest:
     return manifest.load(path, format="dali")
 
 
+class ShardReader:
+    """Random access to a DALI dataset's samples by dataset index (shard order, then order within
+    a shard), through the shards' indexes: JPEG bytes as views of the memory-mapped shards (DALI's
+    own reader maps them too; the external source copies them), labels, and each image's size,
+    read from its JPEG header the first time it is needed."""
+
+    def __init__(self, m: manifest.Manifest):
+        self.paths = [str(p) for p in m.data_paths()]
+        self.maps: dict[int, mmap.mmap] = {}  # shard -> its mapping, opened when first read
+        shard, where = [], []
+        for i, idx in enumerate(m.index_paths()):
+            entries = read_index(idx)
+            shard += [i] * len(entries)
+            where += [(*e[IMAGE_EXT], *e[LABEL_EXT]) for e in entries]
+        self.shard = np.array(shard, np.int64)
+        self.where = np.array(where, np.int64).reshape(-1, 4)  # jpeg offset, size, label offset, size
+        self.heights, self.widths = np.zeros(len(shard), np.int64), np.zeros(len(shard), np.int64)
+
+    def __len__(self) -> int:
+        return len(self.shard)
+
+    def _map(self, shard: int) -> mmap.mmap:
+        if shard not in self.maps:
+            with open(self.paths[shard], "rb") as f:
+                self.maps[shard] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        return self.maps[shard]
+
+    def read(self, indices: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        """The samples' JPEGs (uint8 arrays) and labels (int64), in the order of `indices`."""
+        jpegs, labels = [], np.empty(len(indices), np.int64)
+        for k, (shard, (offset, size, label_offset, label_size)) in enumerate(
+                zip(self.shard[indices].tolist(), self.where[indices].tolist())):
+            data = self._map(shard)
+            jpegs.append(np.frombuffer(data, np.uint8, size, offset))
+            labels[k] = int(data[label_offset:label_offset + label_size])
+        for k in np.flatnonzero(self.heights[indices] == 0).tolist():
+            self.widths[indices[k]], self.heights[indices[k]] = Image.open(io.BytesIO(jpegs[k])).size
+        return jpegs, labels
+
+
+class EpochFeed:
+    """What the DALI pipeline's external source calls for each batch (`__call__(BatchInfo)`): this
+    epoch's samples `order` in batches, each as (JPEGs, labels, then per view the crop's region of
+    interest start and end, (y, x) in pixels, x swapped when the view is flipped). Crops and flips
+    are `crop_params.crops_and_flips` of (seed, epoch, view, dataset index), as the FFCV loader
+    draws them. Raises StopIteration after the last full batch, or when `stop` is set."""
+
+    def __init__(self, reader: ShardReader, views, batch_size: int, seed: int):
+        self.reader, self.views, self.batch_size, self.seed = reader, views, batch_size, seed
+        self.order, self.epoch, self.stop = np.zeros(0, np.int64), 0, False
+
+    def start(self, order: np.ndarray, epoch: int) -> None:
+        self.order, self.epoch, self.stop = np.asarray(order, np.int64), epoch, False
+
+    def __call__(self, info):
+        start = info.iteration * self.batch_size
+        if self.stop or start + self.batch_size > len(self.order):
+            raise StopIteration
+        indices = self.order[start:start + self.batch_size]
+        jpegs, labels = self.reader.read(indices)
+        h, w = self.reader.heights[indices], self.reader.widths[indices]
+        rois = []
+        for v, view in enumerate(self.views):
+            top, left, crop_h, crop_w, flip = crops_and_flips(self.seed, self.epoch, v, view, indices, h, w).T
+            x0, x1 = np.where(flip, left + crop_w, left), np.where(flip, left, left + crop_w)
+            rois += [np.stack([top, x0], 1).astype(np.float32), np.stack([top + crop_h, x1], 1).astype(np.float32)]
+        return jpegs, labels, *rois
+
+
 class DALICrops:
     """Crop source over webdataset shards (see pipelines.loader.CropSource).
 
-    Each epoch builds its pipeline anew from (seed, epoch): the shards are read in a seeded
-    per-epoch order, split between the ranks in contiguous parts (DALI's sharding), and shuffled
-    within a buffer of `dali_ops.SHUFFLE_BUFFER` samples. Every rank yields
-    (num_images // world_size) // batch_size batches, the same count on every rank.
+    One DALI pipeline per loader, built on the first epoch and reused: its external source
+    (`EpochFeed`) hands it each epoch's samples in the seeded global order of
+    `pipelines.loader.epoch_order` (the order the FFCV loader reads its .beton in), with crop boxes
+    and flips that are a pure function of (seed, epoch, view, sample), so set_epoch(e) replays
+    epoch e exactly. Every rank yields (num_images // world_size) // batch_size batches.
     """
 
     def __init__(self, path, aug, batch_size: int, device, rank: int, world_size: int, seed: int,
@@ -207,6 +160,7 @@ class DALICrops:
         self.aug, self.batch_size, self.device = aug, batch_size, torch.device(device)
         self.rank, self.world_size, self.seed, self.workers = rank, world_size, seed, workers
         self.epoch = 0
+        self.batches = None  # the pipeline, built when first iterated
 
     def __len__(self) -> int:
         return (self.dataset_size // self.world_size) // self.batch_size
@@ -216,13 +170,15 @@ class DALICrops:
 
     def __iter__(self):
         from pipelines import dali_ops
-        from pipelines.order import batch_seed, epoch_order
+        from pipelines.order import epoch_order
 
-        files = epoch_order(len(self.manifest.files), 0, 1, self.seed, self.epoch).tolist()  # all ranks alike
-        batches = dali_ops.two_view_batches(
-            self.manifest, files, self.aug, self.batch_size, self.device, self.rank, self.world_size,
-            seed=batch_seed(self.seed, self.rank, self.epoch, 0), workers=self.workers)
-        yield from itertools.islice(batches, len(self))  # ranks whose share is larger stop here too
+        if self.batches is None:
+            feed = EpochFeed(ShardReader(self.manifest), (self.aug.view1, self.aug.view2), self.batch_size,
+                             self.seed)
+            self.batches = dali_ops.TwoViewBatches(feed, self.aug, self.batch_size, self.device, self.seed,
+                                                   self.workers)
+        order = epoch_order(self.dataset_size, self.rank, self.world_size, self.seed, self.epoch).numpy()
+        return self.batches.epoch(order[:len(self) * self.batch_size], self.epoch)
 
 
 def dali_crops(path: str, *, aug, batch_size: int, device, rank: int = 0, world_size: int = 1,

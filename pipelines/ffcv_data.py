@@ -2,11 +2,12 @@
 comes first; the FFCV two-view loader that reads the .beton goes below it (its FFCV operations
 are in `ffcv_ops`).
 
-The .beton is packed from webdataset shards the converter has just written (`dali_data`), so FFCV
-and DALI datasets made with the same options hold byte-identical JPEGs, and an image is decoded and
-encoded once. FFCV's writer must know the number of samples before it starts, which is only known
-after every file has been tried; packing afterwards also gives FFCV conversions the shards'
-resume. `ffcv` is imported inside the functions: the import alone takes seconds.
+The .beton is packed from webdataset shards the converter has just written (`pipelines.shards`),
+in their order (a seeded shuffle of the source), so FFCV and DALI datasets made with the same
+options hold byte-identical JPEGs in the same order, and an image is decoded and encoded once.
+FFCV's writer must know the number of samples before it starts, which is only known after every
+file has been tried; packing afterwards also gives FFCV conversions the shards' resume. `ffcv` is
+imported inside the functions: the import alone takes seconds.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from pipelines import manifest
-from pipelines.dali_data import shard_samples
+from pipelines.shards import shard_samples
 
 if TYPE_CHECKING:  # torch and pipelines.loader are imported where used: `convert` needs neither
     import torch

@@ -4,10 +4,10 @@ takes seconds: import it only to build a loader).
 Decode once, crop twice: the field's decoder `JpegBytes` only copies each sample's JPEG out of the
 .beton; `TwoCrops` decodes it (FFCV's libjpeg-turbo binding), then random-resized-crops and flips
 it for both views (OpenCV), on a pool of threads, outside the GIL. The crops' randomness is a pure
-function of (seed, epoch, view, sample index), drawn in numpy; not numba's per-thread generators,
-which FFCV's own crop decoders use: ffcv 1.0.2 never seeds them, and which thread draws for which
-sample varies. So epoch e's crops are the same in every run, whatever the rank count, batch size
-or thread count, and a resumed run replays them.
+function of (seed, epoch, view, sample index), drawn in numpy (`pipelines.crop_params`); not
+numba's per-thread generators, which FFCV's own crop decoders use: ffcv 1.0.2 never seeds them,
+and which thread draws for which sample varies. So epoch e's crops are the same in every run,
+whatever the rank count, batch size or thread count, and a resumed run replays them.
 """
 
 from __future__ import annotations
@@ -22,55 +22,9 @@ from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.operation import Operation
 from ffcv.traversal_order.base import TraversalOrder
 
-from pipelines.augment import AugSpec, ViewSpec
+from pipelines.augment import AugSpec
+from pipelines.crop_params import crops_and_flips
 from pipelines.order import epoch_order
-
-# ---- crop parameters: counter-based random numbers, torchvision's RandomResizedCrop ------------
-
-_M1, _M2, _GOLDEN = (np.uint64(c) for c in (0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 0x9E3779B97F4A7C15))
-ATTEMPTS = 10  # as torchvision: random boxes tried before the fallback
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finalizer, elementwise on uint64 arrays (wrapping arithmetic)."""
-    x = (x ^ (x >> np.uint64(30))) * _M1
-    x = (x ^ (x >> np.uint64(27))) * _M2
-    return x ^ (x >> np.uint64(31))
-
-
-def uniforms(seed: int, epoch: int, view: int, indices: np.ndarray, n: int) -> np.ndarray:
-    """(len(indices), n) floats in [0, 1), a pure function of (seed, epoch, view, sample index)."""
-    key = np.zeros(1, np.uint64)
-    for v in (seed, epoch, view):
-        key = _mix(key + np.uint64(v % (1 << 64)))
-    keys = _mix(key ^ np.asarray(indices, np.uint64))
-    bits = _mix(keys[:, None] + _GOLDEN * np.arange(1, n + 1, dtype=np.uint64))
-    return (bits >> np.uint64(11)) * 2.0**-53
-
-
-def crop_boxes(u: np.ndarray, heights: np.ndarray, widths: np.ndarray, view: ViewSpec):
-    """torchvision's RandomResizedCrop.get_params for a batch, from uniforms u (N, 2 ATTEMPTS + 2):
-    (top, left, height, width) int arrays."""
-    heights, widths = heights.astype(np.int64), widths.astype(np.int64)
-    area = (heights * widths)[:, None]
-    target = area * (view.crop_scale[0] + (view.crop_scale[1] - view.crop_scale[0]) * u[:, :ATTEMPTS])
-    lo, hi = np.log(view.crop_ratio)
-    aspect = np.exp(lo + (hi - lo) * u[:, ATTEMPTS:2 * ATTEMPTS])
-    w = np.rint(np.sqrt(target * aspect)).astype(np.int64)
-    h = np.rint(np.sqrt(target / aspect)).astype(np.int64)
-    fits = (w > 0) & (w <= widths[:, None]) & (h > 0) & (h <= heights[:, None])
-    first = fits.argmax(axis=1)[:, None]  # the first attempt that fits, as torchvision's loop
-    w, h = np.take_along_axis(w, first, 1)[:, 0], np.take_along_axis(h, first, 1)[:, 0]
-    # No attempt fits: the whole image, cut to the nearest allowed aspect ratio, centered.
-    ratio = widths / heights
-    fw = np.where(ratio > view.crop_ratio[1], np.rint(heights * view.crop_ratio[1]), widths).astype(np.int64)
-    fh = np.where(ratio < view.crop_ratio[0], np.rint(widths / view.crop_ratio[0]), heights).astype(np.int64)
-    found = fits.any(axis=1)
-    w, h = np.where(found, w, fw), np.where(found, h, fh)
-    top = np.where(found, np.floor(u[:, -2] * (heights - h + 1)), (heights - h) // 2).astype(np.int64)
-    left = np.where(found, np.floor(u[:, -1] * (widths - w + 1)), (widths - w) // 2).astype(np.int64)
-    return top, left, h, w
-
 
 # ---- the ops ---------------------------------------------------------------------------------
 
@@ -135,10 +89,8 @@ class TwoCrops(Operation):
         def crops(jpegs, destination, batch_indices):
             h, w = heights[batch_indices].astype(np.int64), widths[batch_indices].astype(np.int64)
             shapes = np.stack([h, w], 1).tolist()  # Python ints, for ctypes
-            views = []  # per view, per sample: top, left, height, width, flip
-            for index, view in enumerate(self.views):
-                u = uniforms(self.seed, self.epoch, index, batch_indices, 2 * ATTEMPTS + 3)
-                views.append(np.stack([*crop_boxes(u[:, 1:], h, w, view), u[:, 0] < view.flip_p], 1).tolist())
+            views = [crops_and_flips(self.seed, self.epoch, index, view, batch_indices, h, w).tolist()
+                     for index, view in enumerate(self.views)]  # per view, per sample: top, left, h, w, flip
             out = destination[:len(batch_indices)]
 
             def some(samples):

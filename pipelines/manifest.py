@@ -34,7 +34,7 @@ class DataFile:
 @dataclass(frozen=True)
 class Manifest:
     format: str
-    options: dict  # max_resolution, jpeg_quality, shard_size, limit, max_unreadable
+    options: dict  # max_resolution, jpeg_quality, shard_size, limit, max_unreadable, seed (shard shuffle)
     classes: dict[str, int]  # class name -> label (sorted names -> 0..C-1, as ImageFolder)
     images_per_class: dict[str, int]
     num_images: int

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from pipelines import BACKENDS
+from pipelines.backends import BACKENDS
 from pipelines.errors import DataError
 
 FORMATS = tuple(name for name, backend in BACKENDS.items() if backend.converted)  # ffcv, dali
@@ -21,6 +21,7 @@ MAX_RESOLUTION = 320
 JPEG_QUALITY = 90
 SHARD_SIZE = 1000  # ~40 MB shards at the defaults; also the unit of parallel work and of resume
 MAX_UNREADABLE = 0.01  # the fraction of image files that may fail to decode before the run fails
+SEED = 0  # of the shuffle that assigns samples to shards (pipelines.shards.shard_jobs)
 
 
 @dataclass(frozen=True)
@@ -31,12 +32,14 @@ class Options:
     shard_size: int = SHARD_SIZE
     limit: int | None = None  # convert only this many files, evenly spread over the sorted list
     max_unreadable: float = MAX_UNREADABLE
+    seed: int = SEED
 
     def check(self) -> None:
         if self.format not in FORMATS:
             raise DataError(f"format {self.format!r}: expected one of {', '.join(FORMATS)}")
         for name, lo, hi in (("max_resolution", 16, 65535), ("jpeg_quality", 1, 100),
-                             ("shard_size", 1, None), ("limit", 1, None), ("max_unreadable", 0, 1)):
+                             ("shard_size", 1, None), ("limit", 1, None), ("max_unreadable", 0, 1),
+                             ("seed", 0, None)):
             v = getattr(self, name)
             if v is not None and not (lo <= v and (hi is None or v <= hi)):
                 raise DataError(f"{name} {v}: expected {lo} to {hi if hi is not None else 'any'}")

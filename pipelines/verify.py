@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-import pipelines
-from pipelines import dali_data, ffcv_data, manifest
+from pipelines import dali_data, ffcv_data, manifest, shards
+from pipelines.backends import backend, resolve
 from pipelines.errors import DataError
 
 
@@ -45,7 +45,7 @@ def inspect(path: str | os.PathLike, sample: int | None = None, log=print) -> ma
     broken = manifest.check_files(m)  # {path: problem}; those files are not read further
     problems = list(broken.values())
     chosen = _choose(m.num_images, sample)
-    verify = pipelines.resolve(pipelines.backend(m.format).verify)  # verify_ffcv, verify_dali, ...
+    verify = resolve(backend(m.format).verify)  # verify_ffcv, verify_dali, ...
     labels, problems_in_files, decoded = verify(m, chosen, skip=broken)
     problems += problems_in_files
     if not problems:  # counts can only add up when every file was read
@@ -102,21 +102,21 @@ def verify_dali(m: manifest.Manifest, chosen: set[int] | None, skip: dict[Path, 
             position += f.samples
             continue
         try:
-            samples, index = dali_data.shard_samples(tar), dali_data.read_index(idx)
+            samples, index = shards.shard_samples(tar), dali_data.read_index(idx)
         except (tarfile.TarError, ValueError, OSError) as err:
             problems.append(f"{tar}: cannot be read ({err})")
             position += f.samples
             continue
         if len(samples) != f.samples:
             problems.append(f"{tar}: {len(samples)} samples, manifest says {f.samples}")
-        if [e.get(dali_data.IMAGE_EXT) for e in index] != [(s.offset, s.size) for s in samples]:
+        if [e.get(shards.IMAGE_EXT) for e in index] != [(s.offset, s.size) for s in samples]:
             problems.append(f"{idx}: does not match the members of {tar.name}")
         with open(tar, "rb") as fh:
             for s in samples:
                 labels.append(s.label)
                 if chosen is None or position in chosen:
                     data = os.pread(fh.fileno(), s.size, s.offset)
-                    problem = _check_image(f"{tar}:{s.key}.{dali_data.IMAGE_EXT}", data, max_side)
+                    problem = _check_image(f"{tar}:{s.key}.{shards.IMAGE_EXT}", data, max_side)
                     problems += [problem] if problem else []
                     decoded += 1
                 position += 1

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Two-view pairs/s of the data backends, all in one run on one generated JPEG set.
 
-    .venv/bin/python scripts/bench_pipelines.py                 # 2.5-4 minutes on 2 cores
+    .venv/bin/python scripts/bench_pipelines.py                 # 4-6 minutes on 2 cores
+    .venv/bin/python scripts/bench_pipelines.py --only-mixing   # the class-mixing table alone, ~1.5 min
     .venv/bin/python scripts/bench_pipelines.py --device cuda --batch 256 --workers 8
 
 Data: N photo-like JPEGs (tests/make_images.natural_image, ImageNet-like 500x375 and 375x500, ~110
@@ -20,6 +21,15 @@ KB) in an image folder, converted to FFCV and DALI at the default R and Q. Rows,
   FFCV's libjpeg-turbo binding by --workers threads, nothing else;
 - the photometric augmentation alone, on fixed crops: what the end-to-end rows add.
 
+Class mixing (printed after the rows; `--only-mixing` prints it alone): on a class-sorted source of
+--mix-classes classes of 40 small images, converted with shards of one class each when sorted (as
+ImageNet's 1,000-image shards are), the mean distinct classes per batch of --batch, epochs 0 and 3,
+against the exact expectation for uniformly random batches (tests/mixing.py). "Before" is the
+conversion as fastbt did it before shuffled shards (class-sorted shards) read the way each loader
+read it then: DALI's stock readers.webdataset over the shards in a seeded per-epoch order with a
+shuffle buffer of --mix-buffer-shards shards (4,096 samples is ~4 ImageNet shards); "after" is
+today's: shuffled shards, read by today's loaders (and, for reference, by the same stock reader).
+
 The end-to-end rows augment in this process with --torch-threads torch threads (default 1: on a
 CPU, torch's OpenMP threads spinning beside the loader's threads slowed it up to 10x). A row's
 rate: batches after the first --warmup ones (JIT compilation), over at least --seconds,
@@ -32,6 +42,7 @@ run; the load average is printed at the start and the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -55,9 +66,11 @@ from torchvision.datasets import ImageFolder  # noqa: E402
 
 import pipelines  # noqa: E402
 from make_images import make_image_folder  # noqa: E402
+from mixing import (class_sorted_shards, expected_distinct, mean_distinct,  # noqa: E402
+                    streamed_label_batches)
 from pipelines.augment import AugSpec, augment_pair  # noqa: E402
 from pipelines.convert import convert  # noqa: E402
-from pipelines.manifest import MANIFEST_NAME  # noqa: E402
+from pipelines.manifest import MANIFEST_NAME, load  # noqa: E402
 from pipelines.options import JPEG_QUALITY, MAX_RESOLUTION, Options  # noqa: E402
 from pipelines.torchvision_data import official_transform  # noqa: E402
 
@@ -197,6 +210,56 @@ def _quiet_numba_finalizer(unraisable) -> None:
         sys.__unraisablehook__(unraisable)
 
 
+MIX_PER_CLASS, MIX_EPOCHS = 40, (0, 3)
+
+
+def mixing(root: Path, classes: int, batch: int, buffer_shards: int, workers: int) -> None:
+    """Print the class-mixing table: distinct classes per batch before and after, per loader."""
+    src = root / "src"
+    make_image_folder(src, classes=[f"class_{i:03d}" for i in range(classes)], per_class=MIX_PER_CLASS,
+                      size=(32, 24))
+    paths = {"torchvision": str(src)}
+    options = dict(max_resolution=32, shard_size=MIX_PER_CLASS)  # sorted: one class per shard
+    for when in ("before", "after"):
+        with class_sorted_shards() if when == "before" else contextlib.nullcontext():
+            for fmt in ("dali", "ffcv"):
+                convert(src, root / f"{fmt}-{when}", Options(fmt, **options), workers=workers, progress=False,
+                        log=lambda *_: None)
+                paths[f"{fmt}-{when}"] = str(root / f"{fmt}-{when}")
+    expected = expected_distinct([MIX_PER_CLASS] * classes, batch)
+
+    def loader(path, backend):
+        crops = pipelines.build_loader(backend, path, aug=AugSpec(size=16), batch_size=batch, device="cpu",
+                                       workers=workers).crops
+
+        def labels(epoch):
+            crops.set_epoch(epoch)
+            return [y for _, _, y in crops]
+        return labels
+
+    def stock(path):
+        return lambda epoch: streamed_label_batches(load(path), batch, buffer_shards * MIX_PER_CLASS, 0, epoch)
+
+    rows = [  # (loader, before: epoch -> label batches, after)
+        ("dali (fastbt loader; before: its stock-reader scheme)", stock(paths["dali-before"]),
+         loader(paths["dali-after"], "dali")),
+        ("dali stock readers.webdataset + shuffle buffer", stock(paths["dali-before"]),
+         stock(paths["dali-after"])),
+        ("ffcv", loader(paths["ffcv-before"], "ffcv"), loader(paths["ffcv-after"], "ffcv")),
+        ("torchvision (reads the source folder)", loader(paths["torchvision"], "torchvision"), None),
+    ]
+    print(f"\nclass mixing: {classes} classes x {MIX_PER_CLASS} images, class-sorted source, batch {batch}, "
+          f"stock-reader buffer {buffer_shards} shards; uniformly random batches: {expected:.2f} "
+          "distinct classes")
+    print("| loader | " + " | ".join(f"{w} epoch {e}" for w in ("before", "after") for e in MIX_EPOCHS)
+          + " | after / random |\n|---|---|---|---|---|---|")
+    for name, before, after in rows:
+        figures = [mean_distinct(before(e)) for e in MIX_EPOCHS]
+        figures += [mean_distinct(after(e)) for e in MIX_EPOCHS] if after else figures
+        print(f"| {name} | " + " | ".join(f"{f:.2f}" for f in figures)
+              + f" | {min(figures[2:]) / expected:.3f}-{max(figures[2:]) / expected:.3f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu")
@@ -209,6 +272,10 @@ def main() -> None:
                     help="torch's threads in this process, which augments (the workers have the other cores)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed batches per row (JIT compilation)")
     ap.add_argument("--data", type=Path, help="keep the generated data here and reuse it (default: temporary)")
+    ap.add_argument("--mix-classes", type=int, default=50, help="classes of the class-mixing source")
+    ap.add_argument("--mix-buffer-shards", type=int, default=3,
+                    help="the stock reader's shuffle buffer, in shards (DALI loader before)")
+    ap.add_argument("--only-mixing", action="store_true", help="print the class-mixing table alone")
     args = ap.parse_args()
     sys.unraisablehook = _quiet_numba_finalizer
     torch.set_num_threads(args.torch_threads)
@@ -217,6 +284,10 @@ def main() -> None:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     aug = AugSpec(size=args.size)
     load = os.getloadavg()
+    if args.only_mixing:
+        with tempfile.TemporaryDirectory() as tmp:
+            mixing(Path(tmp), args.mix_classes, args.batch, args.mix_buffer_shards, args.workers)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         paths = make_data(args.data or Path(tmp), args.images, args.workers)
@@ -272,6 +343,8 @@ def main() -> None:
           f"{images_per_s[rows[4][0]] / images_per_s[rows[6][0]]:.2f}; "
           f"decoding once vs twice: {images_per_s[rows[3][0]] / images_per_s[rows[5][0]]:.2f}x the pairs/s")
     print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    with tempfile.TemporaryDirectory() as tmp:
+        mixing(Path(tmp), args.mix_classes, args.batch, args.mix_buffer_shards, args.workers)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,11 @@ from PIL import Image
 from fastbt.cli import main
 from make_images import flat_image, make_image_folder
 from pipelines import convert as convert_module
-from pipelines import dali_data, manifest
+from pipelines import manifest, shards
 from pipelines.convert import convert
 from pipelines.errors import DataError
 from pipelines.options import Options
-from pipelines.source import fit_within
+from pipelines.source import fit_within, scan
 
 R = 32  # max_resolution for every conversion here
 OPTIONS = dict(max_resolution=R, jpeg_quality=90, shard_size=4, max_unreadable=0.5)
@@ -29,7 +29,7 @@ OPTIONS = dict(max_resolution=R, jpeg_quality=90, shard_size=4, max_unreadable=0
 @dataclass
 class OddFolder:
     root: object
-    kept: list  # (relative path, label), in the order the datasets hold them
+    kept: list  # (relative path, label), in the source list's order (the datasets hold a shuffle of it)
     unreadable: dict  # relative path -> words its reason must contain
     ignored: dict
 
@@ -122,16 +122,27 @@ def test_manifest_records_counts_classes_and_every_skipped_file_with_its_reason(
         assert words in skipped[path]["reason"]
         assert skipped[path]["kind"] == ("unreadable" if path in odd.unreadable else "ignored")
     assert m.options == {"max_resolution": R, "jpeg_quality": 90, "shard_size": 4, "limit": None,
-                         "max_unreadable": 0.5}
+                         "max_unreadable": 0.5, "seed": 0}
     assert m.fastbt_version and m.source == str(odd.root)
     on_disk = sorted(p.name for p in m.folder.iterdir())
     listed = [f.path for f in m.files] + [f.index for f in m.files if f.index]
     assert on_disk == sorted([manifest.MANIFEST_NAME] + listed)  # no journal, temporary or spool files
 
 
-def _check_against_sources(odd, labels, sizes, means):
-    assert list(labels) == [label for _, label in odd.kept]
-    for (path, _), size, mean in zip(odd.kept, sizes, means):
+def stored_order(odd, m_dali):
+    """(relative path, label) of each sample in the datasets' order: from the shards' keys, which
+    are positions in the scanned source list. Both formats hold the same JPEGs in the same order
+    (test_both_formats_hold_the_same_jpeg_bytes)."""
+    samples = scan(odd.root).samples
+    keys = [int(s.key) for tar in m_dali.data_paths() for s in shards.shard_samples(tar)]
+    order = [(samples[k].path, samples[k].label) for k in keys]
+    assert sorted(order, key=lambda x: (x[1], x[0])) == odd.kept and order != odd.kept  # all, shuffled
+    return order
+
+
+def _check_against_sources(odd, order, labels, sizes, means):
+    assert list(labels) == [label for _, label in order]
+    for (path, _), size, mean in zip(order, sizes, means):
         want_size, want_mean = expected_image(odd.root / path)
         assert tuple(size) == want_size, path
         np.testing.assert_allclose(mean, want_mean, atol=8, err_msg=path)
@@ -154,7 +165,7 @@ def test_stock_dali_webdataset_reader_reads_every_image_label_and_size(odd, conv
     assert pipe.epoch_size("reader") == m.num_images
     images, labels = pipe.run()
     images = [np.asarray(images.at(i)) for i in range(len(images))]
-    _check_against_sources(odd, [int(bytes(labels.at(i))) for i in range(len(labels))],
+    _check_against_sources(odd, stored_order(odd, m), [int(bytes(labels.at(i))) for i in range(len(labels))],
                            [(im.shape[1], im.shape[0]) for im in images], [im.mean((0, 1)) for im in images])
 
 
@@ -170,7 +181,8 @@ def test_stock_ffcv_loader_reads_every_image_and_label(odd, converted):
                                "label": [IntDecoder()]})
     [(images, labels)] = list(loader)
     meta = Reader(beton).metadata["f0"]  # the stored sizes, as FFCV records them
-    _check_against_sources(odd, labels.ravel().tolist(), zip(meta["width"], meta["height"]),
+    _check_against_sources(odd, stored_order(odd, converted("dali")), labels.ravel().tolist(),
+                           zip(meta["width"], meta["height"]),
                            images.reshape(len(images), -1, 3).mean(1))
 
 
@@ -181,14 +193,14 @@ def test_both_formats_hold_the_same_jpeg_bytes(converted):
     in_shards = []
     for tar in dali.data_paths():
         data = tar.read_bytes()
-        in_shards += [data[s.offset:s.offset + s.size] for s in dali_data.shard_samples(tar)]
+        in_shards += [data[s.offset:s.offset + s.size] for s in shards.shard_samples(tar)]
     *_, jpeg = beton_contents(ffcv.data_paths()[0])
     assert [jpeg(i) for i in range(ffcv.num_images)] == in_shards
 
 
 def test_a_shard_with_no_readable_file_writes_nothing(odd, tmp_path):
-    job = dali_data.ShardJob(7, ((0, "b_cls/x_empty.JPEG", 1), (1, "b_cls/x_text.jpg", 1)))
-    result = dali_data.write_shard(job, odd.root, tmp_path, R, 90)
+    job = shards.ShardJob(7, ((0, "b_cls/x_empty.JPEG", 1), (1, "b_cls/x_text.jpg", 1)))
+    result = shards.write_shard(job, odd.root, tmp_path, R, 90)
     assert (result.samples, result.bytes, len(result.skipped)) == (0, 0, 2)
     assert list(tmp_path.iterdir()) == []
 
@@ -355,7 +367,7 @@ def test_inspect_catches_a_corrupt_image_inside_a_shard(converted, tmp_path, cap
     folder = tmp_path / "ds"
     shutil.copytree(converted("dali").folder, folder)
     tar = folder / "shard-000000.tar"
-    first = dali_data.shard_samples(tar)[0]
+    first = shards.shard_samples(tar)[0]
     with open(tar, "r+b") as f:  # same size, broken JPEG header
         f.seek(first.offset)
         f.write(b"\x00" * 64)

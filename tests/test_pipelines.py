@@ -16,8 +16,10 @@ from make_images import make_image_folder
 from pipelines.augment import AugSpec, ViewSpec
 from pipelines.convert import convert
 from pipelines.errors import DataError
+from pipelines.manifest import load
 from pipelines.order import rank_range
 from pipelines.options import Options
+from pipelines.shards import shard_samples
 
 BACKENDS = ("torchvision", "ffcv", "dali")
 CLASSES, PER_CLASS, BATCH = ("a", "b", "c"), 8, 4
@@ -38,6 +40,15 @@ def data(tmp_path_factory):
     colours = np.stack([np.asarray(Image.open(f).convert("RGB"), np.float64).mean((0, 1)) for f in files])
     labels = np.array([CLASSES.index(f.parent.name) for f in files])
     return paths, colours, labels
+
+
+@pytest.fixture(scope="module")
+def stored(data):
+    """{backend: the source image of each dataset position}: the converted formats hold the images in
+    a seeded shuffle (read from the shards' keys, the source positions), the folder in sorted order."""
+    keys = [int(s.key) for tar in load(data[0]["dali"]).data_paths() for s in shard_samples(tar)]
+    assert sorted(keys) == list(range(N)) and keys != sorted(keys)
+    return {"torchvision": np.arange(N), "ffcv": np.array(keys), "dali": np.array(keys)}  # same bytes, same order
 
 
 @pytest.fixture(scope="module")
@@ -147,9 +158,10 @@ def test_two_ranks_see_disjoint_samples_and_as_many_batches(backend, loader, dat
     assert not set(seen[0]) & set(seen[1])
 
 
-def test_ffcv_crops_depend_on_the_sample_not_on_the_rank(loader, data):
+def test_ffcv_crops_depend_on_the_sample_not_on_the_rank(loader, data, stored):
     """FFCV crops are a function of (seed, epoch, view, image): a fresh loader for another rank
-    gives the same crop of an image as the shared one does. torchvision follows the same order."""
+    gives the same crop of an image as the shared one does. torchvision and DALI follow the same
+    order of dataset positions."""
     colours = data[1]
     ids, _, _, images = epoch_crops(loader("ffcv").crops, 0, colours)
     for rank in (0, 1):
@@ -158,24 +170,26 @@ def test_ffcv_crops_depend_on_the_sample_not_on_the_rank(loader, data):
         for image, crop in zip(rank_ids, rank_images):
             if image in where:
                 assert torch.equal(crop, images[where[image]])
-    np.testing.assert_array_equal(ids, epoch_crops(loader("torchvision").crops, 0, colours)[0])
+    np.testing.assert_array_equal(ids, stored["ffcv"][epoch_crops(loader("torchvision").crops, 0, colours)[0]])
+    np.testing.assert_array_equal(ids, epoch_crops(loader("dali").crops, 0, colours)[0])
 
 
-def test_ffcv_crops_are_the_drawn_boxes_resized_and_flipped(loader, data):
+def test_ffcv_crops_are_the_drawn_boxes_resized_and_flipped(loader, data, stored):
     """Each crop is exactly its image decoded, cut to the box `crop_boxes` draws for (seed, epoch,
     view, index), resized with OpenCV and flipped when drawn so (the noise shows any offset or flip)."""
     import cv2
     from ffcv.libffcv import imdecode
 
+    from pipelines.crop_params import ATTEMPTS, crop_boxes, uniforms
     from pipelines.ffcv_data import beton_contents
-    from pipelines.ffcv_ops import ATTEMPTS, CV2_INTERPOLATION, crop_boxes, uniforms
+    from pipelines.ffcv_ops import CV2_INTERPOLATION
     from pipelines.manifest import load
 
     colours = data[1]
     crops = loader("ffcv").crops
     crops.set_epoch(3)
     batch = next(iter(crops))
-    index = identify(batch[0], colours)
+    index = np.argsort(stored["ffcv"])[identify(batch[0], colours)]  # dataset positions
     _, widths, heights, jpeg = beton_contents(load(data[0]["ffcv"]).data_paths()[0])
     for view_index, (view, got) in enumerate(zip((AUG.view1, AUG.view2), batch[:2])):
         u = uniforms(0, 3, view_index, index, 2 * ATTEMPTS + 3)
@@ -193,7 +207,7 @@ def test_ffcv_crops_are_the_drawn_boxes_resized_and_flipped(loader, data):
 def test_crop_boxes_follow_torchvision_random_resized_crop():
     from torchvision.transforms import v2
 
-    from pipelines.ffcv_ops import ATTEMPTS, crop_boxes, uniforms
+    from pipelines.crop_params import ATTEMPTS, crop_boxes, uniforms
 
     n, view = 4000, ViewSpec()
     heights, widths = np.full(n, 240), np.full(n, 320)
@@ -211,7 +225,7 @@ def test_crop_boxes_follow_torchvision_random_resized_crop():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_eval_batches_hold_every_image_once_in_order_with_its_label(backend, data):
+def test_eval_batches_hold_every_image_once_in_order_with_its_label(backend, data, stored):
     paths, colours, labels = data
     mean, std = torch.tensor(AUG.mean).view(1, 3, 1, 1), torch.tensor(AUG.std).view(1, 3, 1, 1)
     ids, got_labels = [], []
@@ -227,8 +241,8 @@ def test_eval_batches_hold_every_image_once_in_order_with_its_label(backend, dat
             ids.append(identify((images * std + mean) * 255, colours))
             got_labels.append(y.numpy())
         assert count == len(batches)
-    np.testing.assert_array_equal(np.concatenate(ids), np.arange(N))
-    np.testing.assert_array_equal(np.concatenate(got_labels), labels)
+    np.testing.assert_array_equal(np.concatenate(ids), stored[backend])  # the dataset's order
+    np.testing.assert_array_equal(np.concatenate(got_labels), labels[stored[backend]])
 
 
 @pytest.mark.parametrize("backend", ["ffcv", "dali"])

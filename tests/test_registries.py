@@ -146,7 +146,8 @@ def test_a_registered_backbone_is_one_function_and_one_entry(monkeypatch):
 
 def test_a_non_resnet_backbone_pretrains_a_few_steps_on_cpu(random_backend, tmp_path):
     cfg = config.load(None, [
-        f"data.backend={random_backend}", "data.workers=0", "model.arch=mobilenet_v3_small",
+        f"data.backend={random_backend}", "data.path=generated", "data.workers=0",
+        "model.arch=mobilenet_v3_small",
         "model.projector=[32,32]", f"aug.size={SIZE}", "train.batch_size=8", "train.epochs=1",
         "optim.warmup_epochs=0", "logging.every_steps=1", "logging.progress_bar=false",
         "runtime.device=cpu", "runtime.compile=false", "runtime.precision=fp32",
