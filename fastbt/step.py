@@ -3,11 +3,13 @@
 The model's two-view forward is what `torch.compile` compiles (and autocast runs in bf16 on CUDA);
 the loss op is a registered custom op that stays opaque either way, and LARS runs as foreach
 kernels. The step returns the loss as a 0-dim device tensor: reading it (`.item()`) is the
-caller's decision, made only every N steps.
+caller's decision, made only every N steps. The step reports its phases to `clock` (a no-op
+unless the profiler sets its phase clock: fastbt.phase_clock).
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 from fastbt.ops import barlow_twins_loss
+from fastbt.phase_clock import NO_CLOCK
 
 
 def use_channels_last(setting: bool | None, device: torch.device) -> bool:
@@ -43,6 +46,8 @@ class TrainStep:
     compile_mode: str = "default"
     channels_last: bool = False  # the model's memory format; inputs are brought to it
     group: object = None  # the process group of a distributed run, else None
+    clock: object = NO_CLOCK  # laps "forward", "loss", "backward", "optimizer"
+    sync_grads: bool = True  # False: DDP skips the gradient all-reduce (a profiling window)
 
     def __post_init__(self):
         self.world = dist.get_world_size(self.group) if self.group is not None else 1
@@ -58,6 +63,7 @@ class TrainStep:
                             enabled=self.amp_dtype is not None):
             z1, z2 = self.forward(view1.contiguous(memory_format=self.memory_format),
                                   view2.contiguous(memory_format=self.memory_format))
+        self.clock.lap("forward")
         return barlow_twins_loss(z1, z2, self.lambd, scale=self.loss_scale * self.world,
                                  mode=self.loss_mode, group=self.group)
 
@@ -67,7 +73,12 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
 
     def __call__(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
-        loss = self.loss(view1, view2)
-        loss.backward()
+        # DDP decides in the forward whether the backward communicates
+        with contextlib.nullcontext() if self.sync_grads else self.model.no_sync():
+            loss = self.loss(view1, view2)
+            self.clock.lap("loss")
+            loss.backward()
+            self.clock.lap("backward")
         self.update()
+        self.clock.lap("optimizer")
         return loss.detach() / self.world
