@@ -13,7 +13,9 @@ from pipelines.torchvision_data import TorchvisionCrops
 
 import distributed
 
-SLEEP_S = 1.2  # per batch of the slowed loader: several times a step of batch 4 here
+# per batch of the slowed loader: several times a step of batch 4 here (~0.3 s), and still more
+# than one (~2 s) when the shared machine's load average is 14 on its 2 cores
+SLEEP_S = 3.0
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ def slowed(images, tiny, tmp_path_factory):
             time.sleep(SLEEP_S)
             yield batch
 
-    cfg = config.load(None, [*tiny, "profile.warmup_steps=1", "profile.steps=2", "profile.repeats=2",
+    cfg = config.load(None, [*tiny, "profile.warmup_steps=1", "profile.steps=1", "profile.repeats=2",
                              "train.batch_size=4", f"data.path={images}"])
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(TorchvisionCrops, "__iter__", slow_iter)
@@ -62,6 +64,11 @@ def test_the_report_files_exist_and_parse(normal):
     for chart in ("phases.png", "throughput.png"):
         assert (normal / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((normal / "trace.json").read_text())["traceEvents"]
+    # three interleaved windows of each kind, the load average before and after, a reliability
+    assert all(len(w["pairs_per_s_each"]) == 3 for w in r["windows"].values())
+    assert len(r["load_average"]["start"]) == len(r["load_average"]["end"]) == 3
+    assert r["reliability"]["reliable"] == r["verdict"]["reliable"]
+    assert "Load average" in md and "spread" in md
 
 
 def test_the_phases_add_up_to_the_measured_step_time(normal):
