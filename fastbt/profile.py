@@ -7,10 +7,11 @@ The profiler only chooses clocks and windows. Every process measures:
 1. warm-up: `profile.warmup_steps` steps of each window kind, timed apart (compilation, worker
    start-up, JIT), excluded from the rates;
 2. throughput: short windows of `profile.steps` steps, interleaved and repeated `profile.repeats`
-   times (loader, step, end to end, loader, step, ...), so that a noisy machine slows all three
+   times (step, loader, end to end, step, loader, ...), so that a noisy machine slows all three
    alike; the median and spread of each kind:
-   - loader alone: `Run.views`, no step (what the loader can deliver);
    - step alone: `Run.train` on synthetic views already on the device (what the step consumes);
+   - loader alone: `Run.views`, no step (what the loader can deliver), after a lead-in of
+     `profile.steps` unmeasured steps that drains what the workers prefetched meanwhile;
    - end to end: `Run.step`, with the Meter as its clock, as in the loop;
 3. breakdown: `Run.step` under a phase clock (fastbt.phase_clock): data wait, host-to-device,
    augmentation, forward, loss op, backward, optimizer; with several processes the steps are
@@ -48,7 +49,10 @@ NOT_SEPARABLE = {  # why a phase has no time of its own on a setup
     "host_to_device": "the crops are made in host memory: nothing to copy",
     "grad_comm": "one process: no gradient communication",
 }
-KINDS = ("loader", "step", "end_to_end")  # the order of the interleaved windows
+# The order of the interleaved windows. The loader's workers prefetch while the step window runs,
+# so a loader window starts with a lead-in of unmeasured steps that drains what they made; end to
+# end then starts from a loader in its steady state.
+KINDS = ("step", "loader", "end_to_end")
 
 
 def profile(cfg: Config, out_dir: str | Path) -> Path:
@@ -178,6 +182,9 @@ def _windows(bodies: dict, warmup: int, steps: int, repeats: int, device: torch.
     measured = {kind: [] for kind in KINDS}
     for _ in range(repeats):
         for kind in KINDS:
+            if kind == "loader":  # the lead-in: drain the batches prefetched during the step window
+                for _ in range(steps):
+                    bodies[kind](NO_CLOCK)
             meter.restart()  # syncs: what came before is not counted
             for _ in range(steps):
                 bodies[kind](meter)

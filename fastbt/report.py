@@ -62,9 +62,10 @@ def _throughput(r: dict) -> list[str]:
     step = windows["step"]
     lines += ["", f"Each kind: {step['warmup_steps']} warm-up step(s) (compilation, worker start, "
                   f"JIT; excluded from the rates), then {step['repeats']} windows of "
-                  f"{step['steps']} steps, interleaved with the other kinds (loader, step, end to "
-                  f"end, loader, ...); the median window is reported, the spread is (max - min) / "
-                  f"median. End to end, the loop waited for data "
+                  f"{step['steps']} steps, interleaved with the other kinds (step, loader, end to "
+                  f"end, step, ...; each loader window after as many unmeasured steps, which drain "
+                  f"what the workers prefetched meanwhile); the median window is reported, the "
+                  f"spread is (max - min) / median. End to end, the loop waited for data "
                   f"{windows['end_to_end']['data_wait_frac']:.0%} of the time.",
               "", f"Load average (1, 5, 15 min; {load['cpus']} CPUs): "
                   f"{_loads(load['start'])} at the start, {_loads(load['end'])} at the end. "
