@@ -54,7 +54,7 @@ def run(out: Path, overrides: list[str], fresh: bool = False) -> dict:
     minutes = (time.perf_counter() - start) / 60
     rates = [r["pairs_per_s"] for r in runlog.read(run_dir / "log.jsonl")
              if "pairs_per_s" in r and not r["includes_warmup"]]
-    profile_dir = profile(config.load(CONFIG, [*cfg_overrides, "profile.steps=10",
+    profile_dir = profile(config.load(CONFIG, [*cfg_overrides, "profile.steps=2",
                                                 "profile.warmup_steps=2"]), out / "profile")
 
     knn = KnnEval(config.load(CONFIG, [*cfg_overrides, f"eval.train={data / 'train'}",
