@@ -11,7 +11,7 @@ The profiler only chooses clocks and windows. Every process measures:
    alike; the median and spread of each kind:
    - step alone: `Run.train` on synthetic views already on the device (what the step consumes);
    - loader alone: `Run.views`, no step (what the loader can deliver), after a lead-in of
-     `profile.steps` unmeasured steps that drains what the workers prefetched meanwhile;
+     unmeasured steps that drains what the workers prefetched meanwhile;
    - end to end: `Run.step`, with the Meter as its clock, as in the loop;
 3. breakdown: `Run.step` under a phase clock (fastbt.phase_clock): data wait, host-to-device,
    augmentation, forward, loss op, backward, optimizer; with several processes the steps are
@@ -53,6 +53,9 @@ NOT_SEPARABLE = {  # why a phase has no time of its own on a setup
 # so a loader window starts with a lead-in of unmeasured steps that drains what they made; end to
 # end then starts from a loader in its steady state.
 KINDS = ("step", "loader", "end_to_end")
+# Batches a loader may hold ready: torch's DataLoader prefetches 2 per worker; FFCV keeps 3 batches
+# ahead, DALI 2. The lead-in is at least this many steps.
+PREFETCH_PER_WORKER, PREFETCH_SLACK = 2, 3
 
 
 def profile(cfg: Config, out_dir: str | Path) -> Path:
@@ -105,8 +108,9 @@ def measure(cfg: Config, world: dist.World, out_dir: Path) -> dict:
         "step": lambda clock: (clock.start(), run.train(next(schedule), *synthetic, clock)),
         "end_to_end": lambda clock: run.step(next(schedule), batches, clock),
     }
+    lead_in = max(cfg.profile.steps, PREFETCH_PER_WORKER * cfg.data.workers + PREFETCH_SLACK)
     windows = _windows(bodies, cfg.profile.warmup_steps, cfg.profile.steps, cfg.profile.repeats,
-                       device, pairs)
+                       device, pairs, lead_in)
     phases, phase_step_s, per_step = _breakdown(run, batches, cfg.profile.steps)
     if cfg.profile.trace:
         _trace(run, batches, cfg.profile.trace_steps, out_dir / "trace.json")
@@ -175,15 +179,16 @@ def _warm_up(body, steps: int, device: torch.device) -> tuple[float | None, floa
 
 
 def _windows(bodies: dict, warmup: int, steps: int, repeats: int, device: torch.device,
-             pairs: int) -> dict[str, Window]:
-    """Each kind warmed up, then `repeats` rounds of one window of each kind (ABCABC...)."""
+             pairs: int, lead_in: int = 0) -> dict[str, Window]:
+    """Each kind warmed up, then `repeats` rounds of one window of each kind (ABCABC...), each
+    loader window after `lead_in` unmeasured steps."""
     warm = {kind: _warm_up(bodies[kind], warmup, device) for kind in KINDS}
     meter = Meter(device, pairs)
     measured = {kind: [] for kind in KINDS}
     for _ in range(repeats):
         for kind in KINDS:
             if kind == "loader":  # the lead-in: drain the batches prefetched during the step window
-                for _ in range(steps):
+                for _ in range(lead_in):
                     bodies[kind](NO_CLOCK)
             meter.restart()  # syncs: what came before is not counted
             for _ in range(steps):

@@ -63,8 +63,8 @@ def _throughput(r: dict) -> list[str]:
     lines += ["", f"Each kind: {step['warmup_steps']} warm-up step(s) (compilation, worker start, "
                   f"JIT; excluded from the rates), then {step['repeats']} windows of "
                   f"{step['steps']} steps, interleaved with the other kinds (step, loader, end to "
-                  f"end, step, ...; each loader window after as many unmeasured steps, which drain "
-                  f"what the workers prefetched meanwhile); the median window is reported, the "
+                  f"end, step, ...; each loader window after unmeasured steps that drain what the "
+                  f"workers prefetched meanwhile); the median window is reported, the "
                   f"spread is (max - min) / median. End to end, the loop waited for data "
                   f"{windows['end_to_end']['data_wait_frac']:.0%} of the time.",
               "", f"Load average (1, 5, 15 min; {load['cpus']} CPUs): "

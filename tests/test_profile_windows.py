@@ -56,8 +56,8 @@ def test_windows_are_interleaved_and_give_the_median_and_spread():
     bodies = {"loader": body("loader", 0.001), "step": body("step", 0.004),
               "end_to_end": body("end_to_end", 0.005)}
     windows = profile._windows(bodies, warmup=1, steps=2, repeats=3, device=torch.device("cpu"),
-                               pairs=4)
-    rounds = ["step"] * 2 + ["loader"] * (2 + 2) + ["end_to_end"] * 2  # the loader's lead-in
+                               pairs=4, lead_in=3)
+    rounds = ["step"] * 2 + ["loader"] * (3 + 2) + ["end_to_end"] * 2  # the loader's lead-in
     assert order == list(profile.KINDS) + 3 * rounds  # the warm-ups, then ABCABC...
     for w in windows.values():
         assert len(w.pairs_per_s_each) == 3 and w.repeats == 3 and w.steps == 2
