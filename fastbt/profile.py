@@ -199,8 +199,9 @@ def _windows(bodies: dict, warmup: int, steps: int, repeats: int, device: torch.
         each = [r.pairs_per_s for r in measured[kind]]
         median = statistics.median(each)
         middle = min(measured[kind], key=lambda r: abs(r.pairs_per_s - median))
-        windows[kind] = Window(warmup, *warm[kind], steps, repeats, sum(r.seconds for r in measured[kind]),
-                               median, (max(each) - min(each)) / median, each, middle.data_wait_frac)
+        seconds = sum(r.seconds for r in measured[kind])
+        windows[kind] = Window(warmup, *warm[kind], steps, repeats, seconds, median,
+                               (max(each) - min(each)) / median, each, middle.data_wait_frac)
     return windows
 
 
