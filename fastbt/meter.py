@@ -16,6 +16,7 @@ import torch
 
 VIEWS_READY = "augmentation"  # the last lap of the input half of a step (fastbt.run.Run.views)
 
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -3,8 +3,8 @@
 The model's two-view forward is what `torch.compile` compiles (and autocast runs in bf16 on CUDA);
 the loss op is a registered custom op that stays opaque either way, and LARS runs as foreach
 kernels. The step returns the loss as a 0-dim device tensor: reading it (`.item()`) is the
-caller's decision, made only every N steps. The step reports its phases to `clock` (a no-op
-unless the profiler sets its phase clock: fastbt.phase_clock).
+caller's decision, made only every N steps. The step reports its phases to `clock`, which
+`fastbt.run.Run.train` sets: a no-op by default, the profiler's phase clock when it measures.
 """
 
 from __future__ import annotations
