@@ -1,14 +1,21 @@
-"""Checkpoints: atomic writes, resume from the newest valid one, and backbone export.
+"""Checkpoints: the one place that knows what a run's state is. Atomic writes, resume from the
+newest valid one, backbone export, and reading backbone weights back.
 
 A checkpoint is `ckpt_<step>.pt` in the run directory. It is written to a temporary name, fsynced,
 then renamed, so a crash never leaves a half-written file under the final name. On resume the
 newest checkpoint that loads is used; a corrupt one is reported and the previous one is tried.
+
+A pretraining checkpoint (`save_run` / `resume_run`) holds: model (the unwrapped BarlowTwinsNet's
+state_dict), optimizer, step (done), epoch, config (as a dict), rng (torch and Python states).
+Its backbone is exported (`backbone.pth`, `fastbt export`) as a torchvision state_dict without
+fc.* (the official torch.hub format); `read_backbone_state` reads either kind of file back.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import random
 import re
 import shutil
 import warnings
@@ -16,7 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+
+from fastbt import config
+from fastbt.config import Config
+from pipelines.errors import DataError
 
 from fastbt.errors import RunDirError
 
@@ -90,10 +101,46 @@ def load_latest(run_dir: Path, map_location="cpu") -> dict[str, Any] | None:
     return None
 
 
-def backbone_state(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+# ---- a pretraining run's state -------------------------------------------------------------------
+
+def save_run(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+             steps_per_epoch: int, cfg: Config) -> Path:
+    """Write the run's state after `step` steps as ckpt_<step>.pt; `model` is unwrapped (no DDP)."""
+    return save(run_dir, step, {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+        "epoch": step // steps_per_epoch, "config": config.to_dict(cfg),
+        "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}})
+
+
+def resume_run(path: str | Path | None, model: nn.Module, optimizer: torch.optim.Optimizer,
+               map_location="cpu") -> int:
+    """Load the checkpoint at `path` (the one `fastbt.rundir.prepare` chose) into the model,
+    optimizer and RNGs; return its step, or 0 when there is none (a fresh start)."""
+    if path is None:
+        return 0
+    state = load(Path(path), map_location=map_location)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"].cpu())
+    random.setstate(state["rng"]["python"])
+    return int(state["step"])
+
+
+# ---- the backbone alone ---------------------------------------------------------------------------
+
+class WeightsError(DataError):
+    """A weights file that cannot serve as the backbone asked for (the CLI prints it in one line)."""
+
+
+def backbone_state(model_state: dict[str, Tensor]) -> dict[str, Tensor]:
     """The backbone's entries of a BarlowTwinsNet state_dict, with torchvision's key names."""
     prefix = "backbone."
     return {k[len(prefix):]: v for k, v in model_state.items() if k.startswith(prefix)}
+
+
+def save_backbone(model: nn.Module, out: Path) -> None:
+    """Write a BarlowTwinsNet's backbone as a torchvision state_dict (no fc.*)."""
+    atomic_save(backbone_state(model.state_dict()), Path(out))
 
 
 def export_backbone(checkpoint_path: Path, out: Path) -> int:
@@ -111,12 +158,23 @@ def export_backbone(checkpoint_path: Path, out: Path) -> int:
     return len(weights)
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain model inside DDP and/or torch.compile wrappers."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        else:
-            return model
+def read_backbone_state(path: str | Path) -> dict[str, Tensor]:
+    """The backbone's tensors in an exported backbone or a checkpoint, with torchvision's names
+    (a classifier's fc.* left out); a `WeightsError` naming the file for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such weights file")
+    try:
+        obj = load(path)
+    except Exception as err:  # not a torch file, truncated, or pickled code (weights_only refuses)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise WeightsError(f"{path}: not a readable weights file ({type(err).__name__}: "
+                           f"{reason[:200]})") from None
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):  # a fastbt checkpoint
+        obj = backbone_state(obj["model"])
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise WeightsError(f"{path}: neither a backbone state_dict nor a fastbt checkpoint")
+    state = {k: v for k, v in obj.items() if not k.startswith("fc.")}
+    if not state:
+        raise WeightsError(f"{path}: holds no backbone weights")
+    return state

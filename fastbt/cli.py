@@ -200,11 +200,16 @@ def _profile(args: argparse.Namespace) -> None:
         return
     if args.config is None:
         raise ConfigError("give a CONFIG to profile, or --compare A.json B.json")
-    from fastbt import config, profile
+    from fastbt import config, profile, sweep
 
     steps = [f"profile.steps={args.steps}"] if args.steps is not None else []
-    cfg = config.load(args.config, [*args.overrides, *steps])
-    profile.profile(cfg, args.out or f"{cfg.train.out_dir}/profile")
+    overrides = [*args.overrides, *steps]
+    cfg = config.load(args.config, overrides)
+    if args.sweep:
+        sweep.sweep(args.config, overrides, sweep.parse(args.sweep),
+                    args.out or f"{cfg.train.out_dir}/profile_sweep", args.one_at_a_time)
+    else:
+        profile.profile(cfg, args.out or f"{cfg.train.out_dir}/profile")
 
 
 def _add_profile(sub) -> None:
@@ -212,15 +217,22 @@ def _add_profile(sub) -> None:
                        description="Profile the pretraining loop of a config (one process, or under "
                                    "torchrun): the loader alone, the step alone, end to end, the time "
                                    "of each phase of a step, FLOPs and memory; write report.json, "
-                                   "report.md and charts. --compare prints two reports side by side.")
+                                   "report.md and charts. --compare prints two reports side by side; "
+                                   "--sweep profiles several settings and ranks them.")
     p.add_argument("config", nargs="?", help="YAML config file (overrides of configs/base.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override one config value")
     p.add_argument("--steps", type=int, default=None, metavar="N",
                    help="measured steps per window (profile.steps)")
     p.add_argument("--out", default=None, metavar="DIR",
-                   help="report folder (default: <train.out_dir>/profile)")
+                   help="report folder (default: <train.out_dir>/profile, with --sweep "
+                        "<train.out_dir>/profile_sweep)")
     p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
                    help="print two reports side by side with the ratios B/A, and exit")
+    p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
+                   help="profile each value of a config key (repeat for more keys: every "
+                        "combination); ranks them by end-to-end pairs/s in DIR/sweep.md")
+    p.add_argument("--one-at-a-time", action="store_true",
+                   help="with --sweep: the config as given, then each swept value alone")
     p.set_defaults(func=_profile)
 
 

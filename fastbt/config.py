@@ -111,7 +111,8 @@ class LoggingConfig:
 
 @dataclass(frozen=True)
 class ProfileConfig:
-    steps: int = 50  # measured steps per phase
+    steps: int = 10  # measured steps per window (and in the per-phase breakdown)
+    repeats: int = 5  # windows of each kind (loader, step, end to end), interleaved; median + spread
     warmup_steps: int = 10  # excluded from rates, reported apart
     trace: bool = False  # also write a torch.profiler trace of a few steps
     trace_steps: int = 5
@@ -235,6 +236,7 @@ _RANGES = [
       "profile.trace_steps", "eval.resize", "eval.size", "eval.batch_size", "eval.knn.k",
       "eval.knn.temperature", "eval.linear.epochs", "eval.linear.batch_size", "eval.linear.init_std"),
      lambda v: v > 0, "> 0"),
+    (("profile.repeats",), lambda v: v > 0, "> 0"),
     (("loss.lambd", "loss.scale", "optim.lr_weights", "optim.lr_biases", "optim.weight_decay",
       "optim.momentum", "optim.eta", "optim.warmup_epochs", "optim.final_lr_ratio",
       "train.checkpoint_every_steps", "train.checkpoint_every_minutes", "profile.warmup_steps",

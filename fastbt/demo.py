@@ -18,10 +18,9 @@ from pathlib import Path
 
 import torch
 
-import pipelines
-from fastbt import checkpoint, config, loop, runlog
+from fastbt import config, loop, runlog
 from fastbt.demo_data import make_demo_folder
-from fastbt.evaluate import knn_accuracy
+from fastbt.evaluate import KnnEval
 from fastbt.model import build_backbone
 from fastbt.profile import profile
 
@@ -55,21 +54,17 @@ def run(out: Path, overrides: list[str], fresh: bool = False) -> dict:
     minutes = (time.perf_counter() - start) / 60
     rates = [r["pairs_per_s"] for r in runlog.read(run_dir / "log.jsonl")
              if "pairs_per_s" in r and not r["includes_warmup"]]
-    profile_dir = profile(config.load(CONFIG, [*cfg_overrides, "profile.steps=10",
+    profile_dir = profile(config.load(CONFIG, [*cfg_overrides, "profile.steps=2",
                                                 "profile.warmup_steps=2"]), out / "profile")
 
-    device = torch.device("cpu")
-    loaders = [pipelines.build_eval_loader("torchvision", str(data / split), size=cfg.aug.size,
-                                           resize=cfg.aug.size, mean=cfg.aug.mean, std=cfg.aug.std,
-                                           batch_size=256, device=device, workers=cfg.data.workers)
-               for split in ("train", "val")]
+    knn = KnnEval(config.load(CONFIG, [*cfg_overrides, f"eval.train={data / 'train'}",
+                                       f"eval.val={data / 'val'}", f"eval.size={cfg.aug.size}",
+                                       f"eval.resize={cfg.aug.size}"]), torch.device("cpu"))
     torch.manual_seed(0)
     random_init, _ = build_backbone(cfg.model.arch)
     pretrained, _ = build_backbone(cfg.model.arch)
     pretrained.load_state_dict(torch.load(run_dir / "backbone.pth", weights_only=True))
-    results = {name: knn_accuracy(net, *loaders, num_classes=10, device=device,
-                                          k=cfg.eval.knn.k, temperature=cfg.eval.knn.temperature)
-               for name, net in (("random init", random_init), ("pretrained", pretrained))}
+    results = {name: knn(net) for name, net in (("random init", random_init), ("pretrained", pretrained))}
 
     print(f"\ndemo: pretrained {cfg.model.arch} for {cfg.train.epochs} epochs in {minutes:.1f} min, "
           f"{sum(rates) / max(1, len(rates)):.0f} pairs/s after warm-up (log: {run_dir / 'log.jsonl'})")

@@ -1,4 +1,5 @@
-"""Frozen-feature evaluation of a backbone: feature extraction and the kNN protocol.
+"""The kNN protocol on frozen features (fastbt.features), and what the protocols share: the
+labeled sets from the config, where results go.
 
 `fastbt eval knn` (`knn_eval`) and the online monitor of pretraining (`KnnEval`) share one path.
 Each process extracts features of its share of the train and val sets (center crops; backbone in
@@ -10,124 +11,22 @@ no process holds more than its share of the train bank. One process is the plain
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from pathlib import Path
-from typing import Iterable
 
 import torch
-import torch.distributed as torch_dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastbt import dist
-from fastbt.config import Config, EvalConfig, RuntimeConfig
+from fastbt.config import Config, EvalConfig
 from fastbt.errors import ConfigError
 from fastbt.eval_data import center_crops, train_and_val
-from fastbt.knn import (accuracy, knn_predict, merge_nearest, nearest, topk_accuracy, topk_correct,
-                        vote)
+from fastbt.features import (Frozen, bank_dtype, eval_mode, extract_features, gather_columns,
+                             gather_rows, place)
 from fastbt.model import feature_width
-from fastbt.precision import autocast_dtype, use_channels_last
+from fastbt.knn import accuracy, merge_nearest, nearest, topk_correct, vote
 from fastbt.weights import load_backbone
-
-
-class Frozen:
-    """Runs a backbone for its features only: no grad, with training's autocast and memory format."""
-
-    def __init__(self, backbone: nn.Module, amp_dtype: torch.dtype | None = None,
-                 channels_last: bool = False):
-        self.backbone = backbone
-        self.amp_dtype = amp_dtype
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-
-    @classmethod
-    def configured(cls, backbone: nn.Module, runtime: RuntimeConfig, device: torch.device) -> Frozen:
-        return cls(backbone, autocast_dtype(runtime.precision, device),
-                   use_channels_last(runtime.channels_last, device))
-
-    @torch.no_grad()
-    def __call__(self, images: Tensor) -> Tensor:
-        with torch.autocast(images.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
-            return self.backbone(images.contiguous(memory_format=self.memory_format))
-
-
-def place(backbone: nn.Module, runtime: RuntimeConfig, device: torch.device) -> nn.Module:
-    """Move a loaded backbone to the device, in the memory format training uses there."""
-    channels_last = use_channels_last(runtime.channels_last, device)
-    return backbone.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-
-
-@contextlib.contextmanager
-def eval_mode(module: nn.Module):
-    """BatchNorm on its running statistics while inside; the module's mode is restored after."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield module
-    finally:
-        module.train(was_training)
-
-
-def bank_dtype(device: torch.device) -> torch.dtype:
-    """Stored features: fp16 on CUDA halves their memory (a similarity in [-1, 1] or a linear
-    head's input needs no more); fp32 on CPU, whose fp16 arithmetic is slow."""
-    return torch.float16 if device.type == "cuda" else torch.float32
-
-
-@torch.no_grad()
-def extract_features(frozen: Frozen, batches: Iterable[tuple[Tensor, Tensor]], *, out: Tensor | None = None,
-                     dtype: torch.dtype = torch.float32, normalize: bool = False) -> tuple[Tensor, Tensor]:
-    """Features (optionally L2-normalized) and labels of every batch, on the batches' device.
-
-    With `out` (preallocated, rows >= the number of images) features are written into it and its
-    filled rows returned, instead of a list of batches and a concatenation that holds them twice."""
-    chunks, labels, n = [], [], 0
-    for images, batch_labels in batches:
-        f = frozen(images).float()
-        f = (F.normalize(f, dim=1) if normalize else f).to(dtype if out is None else out.dtype)
-        if out is None:
-            chunks.append(f)
-        elif n + len(f) > len(out):
-            raise RuntimeError(f"the loader yielded more than the {len(out)} images expected")
-        else:
-            out[n:n + len(f)] = f
-        labels.append(batch_labels)
-        n += len(f)
-    features = torch.cat(chunks) if out is None else out[:n]
-    labels = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long, device=features.device)
-    return features, labels
-
-
-def _processes() -> int:
-    return torch_dist.get_world_size() if torch_dist.is_available() and torch_dist.is_initialized() else 1
-
-
-def gather_rows(x: Tensor) -> Tensor:
-    """Every process's rows of `x`, concatenated in rank order (the counts may differ)."""
-    world = _processes()
-    if world == 1:
-        return x
-    count = torch.tensor([x.shape[0]], device=x.device)
-    counts = [torch.empty_like(count) for _ in range(world)]
-    torch_dist.all_gather(counts, count)
-    counts = [int(c) for c in counts]
-    padded = x.new_zeros((max(counts), *x.shape[1:]))  # all_gather wants one shape everywhere
-    padded[:x.shape[0]] = x
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    torch_dist.all_gather(parts, padded)
-    return torch.cat([p[:c] for p, c in zip(parts, counts)])
-
-
-def gather_columns(x: Tensor) -> Tensor:
-    """Every process's `x` (one shape everywhere) side by side along dim 1, in rank order."""
-    world = _processes()
-    if world == 1:
-        return x
-    parts = [torch.empty_like(x) for _ in range(world)]
-    torch_dist.all_gather(parts, x)
-    return torch.cat(parts, dim=1)
 
 
 def knn_correct(bank: Tensor, bank_labels: Tensor, queries: Tensor, query_labels: Tensor,
@@ -208,12 +107,3 @@ def write_result(result: dict, path: Path) -> None:
     tmp.write_text(json.dumps(result, indent=1) + "\n")
     tmp.replace(path)
 
-
-def knn_accuracy(backbone: nn.Module, train: Iterable, val: Iterable, num_classes: int,
-                 device: torch.device, k: int, temperature: float) -> dict[str, float]:
-    """Weighted kNN top-1/top-5 (%) of val against train batches, in one process."""
-    frozen = Frozen(backbone)
-    with eval_mode(backbone):
-        bank, bank_labels = extract_features(frozen, train, dtype=bank_dtype(device), normalize=True)
-        queries, labels = extract_features(frozen, val, dtype=bank_dtype(device), normalize=True)
-    return topk_accuracy(knn_predict(bank, bank_labels, queries, num_classes, k, temperature), labels)

@@ -30,8 +30,8 @@ from fastbt import checkpoint, config, dist, rundir
 from fastbt.config import Config
 from fastbt.errors import ConfigError
 from fastbt.eval_data import center_crops, random_crops, train_and_val
-from fastbt.evaluate import (Frozen, bank_dtype, beside, extract_features, labeled_paths, place,
-                             write_result)
+from fastbt.evaluate import beside, labeled_paths, write_result
+from fastbt.features import Frozen, bank_dtype, extract_features, place
 from fastbt.knn import accuracy, topk_correct
 from fastbt.runlog import RunLog
 from fastbt.weights import load_backbone

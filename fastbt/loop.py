@@ -1,13 +1,13 @@
 """`pretrain(cfg)`: run the loop over the parts `fastbt.run.build_run` wires, top to bottom.
 
-config -> loader (crops + augmentation on the device) -> model (global BN, DDP) -> TrainStep
-(compiled forward, fused loss, LARS) -> every N steps: one host sync for metrics, the non-finite
-check, the preemption check -> checkpoints by step count, by time, on preemption and at the end.
+config -> the run's epoch iterator (crops on the device) -> its step (augmentation, model with
+global BN and DDP, compiled forward, fused loss, LARS) -> every N steps: one host sync for metrics,
+the non-finite check, the preemption check -> checkpoints (fastbt.checkpoint) by step count, by
+time, on preemption and at the end.
 """
 
 from __future__ import annotations
 
-import random
 import signal
 import time
 from pathlib import Path
@@ -76,19 +76,19 @@ def _pretrain(cfg: Config, world: dist.World) -> Path:
     run_dir = Path(cfg.train.out_dir)
     resume_from = rundir.prepare(run_dir, cfg, world)  # config check, log cut, config.yaml
     run = build_run(cfg, world)
-    loader, derived, model, optimizer = run.loader, run.derived, run.model, run.optimizer
-    step = _resume(resume_from, model, optimizer, world)  # after DDP's broadcast: every rank loads it
+    derived, model = run.derived, run.model
+    step = checkpoint.resume_run(  # after DDP's broadcast: every rank loads it
+        resume_from, model, run.optimizer, map_location=world.device)
+    if step:
+        dist.print0(world, f"fastbt: resumed from {resume_from}")
     # the optional online kNN monitor runs on every rank (it shares the work with collectives)
     knn = KnnEval(cfg, world.device, world.rank, world.size) if cfg.eval.knn.every_epochs else None
 
     def save_checkpoint() -> str:
         watch.check(last_checkpoint)  # never save weights that came from a non-finite loss
         if world.is_main:
-            path = checkpoint.save(run_dir, step, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "epoch": step // derived.steps_per_epoch, "config": config.to_dict(cfg),
-                "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}})
-            return str(path)
+            return str(checkpoint.save_run(run_dir, step, model, run.optimizer,
+                                           derived.steps_per_epoch, cfg))
         return last_checkpoint
 
     log = RunLog(run_dir / "log.jsonl" if world.is_main else None)
@@ -105,76 +105,51 @@ def _pretrain(cfg: Config, world: dist.World) -> Path:
     last_checkpoint_time = time.monotonic()
     first_report = True
     try:
+        batches = run.batches(step)
         while step < derived.total_steps:
-            epoch, offset = divmod(step, derived.steps_per_epoch)
-            loader.set_epoch(epoch)
-            batches = iter(loader)
-            for _ in range(offset):  # resumed mid-epoch: replay the same order, skip what was done
-                next(batches)
-            for _ in range(offset, derived.steps_per_epoch):
-                meter.data_wait_start()
-                view1, view2 = next(batches)
-                meter.data_wait_end()
-                lrs = run.set_lr(step)
-                loss = run.train_step(view1, view2)
-                step += 1  # steps done; the log and messages count from 1
-                watch.update(loss, step)
-                bar.update(1)
+            loss = run.step(step, batches, meter)  # the meter times the wait for data
+            step += 1  # steps done; the log and messages count from 1
+            watch.update(loss, step)
+            bar.update(1)
 
-                stop = False
-                if step % cfg.logging.every_steps == 0 or step == derived.total_steps:
-                    watch.check(last_checkpoint)
-                    rates = meter.report()
-                    record = {"step": step, "epoch": step / derived.steps_per_epoch,
-                              "loss": loss.item(), "lr": lrs[0],
-                              "pairs_per_s": rates.pairs_per_s * world.size,
-                              "pairs_per_s_per_process": rates.pairs_per_s,
-                              "data_wait_frac": rates.data_wait_frac,
-                              "includes_warmup": first_report}  # compile and first-batch costs
-                    first_report = False
-                    log.write(record)
-                    bar.set_postfix(loss=f"{record['loss']:.2f}", pairs_s=f"{record['pairs_per_s']:.0f}")
-                    stop = dist.any_rank(preemption.requested, world)
+            stop = False
+            if step % cfg.logging.every_steps == 0 or step == derived.total_steps:
+                watch.check(last_checkpoint)
+                rates = meter.report()
+                record = {"step": step, "epoch": step / derived.steps_per_epoch,
+                          "loss": loss.item(), "lr": run.optimizer.param_groups[0]["lr"],
+                          "pairs_per_s": rates.pairs_per_s * world.size,
+                          "pairs_per_s_per_process": rates.pairs_per_s,
+                          "data_wait_frac": rates.data_wait_frac,
+                          "includes_warmup": first_report}  # compile and first-batch costs
+                first_report = False
+                log.write(record)
+                bar.set_postfix(loss=f"{record['loss']:.2f}", pairs_s=f"{record['pairs_per_s']:.0f}")
+                stop = dist.any_rank(preemption.requested, world)
 
-                every = cfg.train.checkpoint_every_steps
-                due = (every and step % every == 0) or \
-                    time.monotonic() - last_checkpoint_time > 60 * cfg.train.checkpoint_every_minutes
-                if stop or (due and step < derived.total_steps):
-                    last_checkpoint = save_checkpoint()
-                    last_checkpoint_time = time.monotonic()
-                    meter.restart()
-                if stop:
-                    dist.print0(world, f"fastbt: preempted; checkpoint {last_checkpoint} written "
-                                       f"at step {step}, exiting")
-                    return run_dir
-                epoch_done = step % derived.steps_per_epoch == 0
-                if knn is not None and epoch_done and knn.due(step // derived.steps_per_epoch):
-                    acc = knn(model.backbone)
-                    log.write({"step": step, "epoch": step // derived.steps_per_epoch,
-                               "knn_top1": acc["top1"], "knn_top5": acc["top5"]})
-                    meter.restart()  # the check's time is not training throughput
-                if step == derived.total_steps:
-                    break
+            every = cfg.train.checkpoint_every_steps
+            due = (every and step % every == 0) or \
+                time.monotonic() - last_checkpoint_time > 60 * cfg.train.checkpoint_every_minutes
+            if stop or (due and step < derived.total_steps):
+                last_checkpoint = save_checkpoint()
+                last_checkpoint_time = time.monotonic()
+                meter.restart()
+            if stop:
+                dist.print0(world, f"fastbt: preempted; checkpoint {last_checkpoint} written "
+                                   f"at step {step}, exiting")
+                return run_dir
+            epoch_done = step % derived.steps_per_epoch == 0
+            if knn is not None and epoch_done and knn.due(step // derived.steps_per_epoch):
+                acc = knn(model.backbone)
+                log.write({"step": step, "epoch": step // derived.steps_per_epoch,
+                           "knn_top1": acc["top1"], "knn_top5": acc["top5"]})
+                meter.restart()  # the check's time is not training throughput
         last_checkpoint = save_checkpoint()
         if world.is_main:
-            weights = checkpoint.backbone_state(model.state_dict())
-            checkpoint.atomic_save(weights, run_dir / "backbone.pth")
+            checkpoint.save_backbone(model, run_dir / "backbone.pth")
         dist.print0(world, f"fastbt: done; backbone weights in {run_dir / 'backbone.pth'}")
         return run_dir
     finally:
         preemption.restore()
         bar.close()
 
-
-def _resume(path: str | None, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-            world: dist.World) -> int:
-    """Load the checkpoint `rundir.prepare` chose (every rank reads it), return its step."""
-    if path is None:
-        return 0
-    state = checkpoint.load(path, map_location=world.device)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["rng"]["torch"].cpu())
-    random.setstate(state["rng"]["python"])
-    dist.print0(world, f"fastbt: resumed from {path}")
-    return int(state["step"])

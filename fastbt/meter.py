@@ -1,8 +1,10 @@
 """Throughput and data-wait accounting for the loop, with host syncs only at report time.
 
-The loop calls `data_wait_start()` before asking the loader for a batch and `data_wait_end()` once
-it has it; everything else between reports counts as compute. `report()` is the one place that
-synchronizes with the device, so the interval's wall time covers all the work queued in it.
+A Meter is a clock for the step's seam (fastbt.phase_clock): `start()` begins a step and its wait
+for data, the lap `VIEWS_READY` (the augmented views are ready) ends the wait; every other lap is
+ignored, and nothing synchronizes. Everything else between reports counts as compute. `report()`
+is the one place that synchronizes with the device, so the interval's wall time covers all the
+work queued in it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import time
 from dataclasses import dataclass
 
 import torch
+
+VIEWS_READY = "augmentation"  # the last lap of the input half of a step (fastbt.run.Run.views)
 
 
 def synchronize(device: torch.device) -> None:
@@ -33,7 +37,7 @@ class Meter:
         self._reset(time.perf_counter())
 
     def _reset(self, now: float) -> None:
-        self.start = now
+        self.began = now
         self.steps = 0
         self.waited = 0.0
         self._wait_began = None
@@ -43,18 +47,19 @@ class Meter:
         synchronize(self.device)
         self._reset(time.perf_counter())
 
-    def data_wait_start(self) -> None:
+    def start(self) -> None:
         self._wait_began = time.perf_counter()
-
-    def data_wait_end(self) -> None:
-        self.waited += time.perf_counter() - self._wait_began
         self.steps += 1
+
+    def lap(self, name: str) -> None:
+        if name == VIEWS_READY:
+            self.waited += time.perf_counter() - self._wait_began
 
     def report(self) -> Rates:
         """Rates over the steps since the last report (syncs the device), then restart."""
         synchronize(self.device)
         now = time.perf_counter()
-        seconds = max(now - self.start, 1e-9)
+        seconds = max(now - self.began, 1e-9)
         rates = Rates(self.steps, seconds, self.steps * self.pairs_per_step / seconds,
                       min(1.0, self.waited / seconds))
         self._reset(now)

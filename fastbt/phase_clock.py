@@ -1,14 +1,18 @@
-"""Per-phase times of one step, partitioning it, so the phases add up to the step.
+"""Clocks for the step's seam: the loop body calls `start()` before asking for a batch and
+`lap(name)` after each phase (fastbt.run: "input", "augmentation"; fastbt.step: "forward", "loss",
+"backward", "optimizer"). A lap closes the current phase under `name` and opens the next, so the
+phases partition the step; a name used twice in a step accumulates.
 
-`start()` opens the first phase, `lap(name)` closes the current phase under `name` and opens the
-next, `stop()` returns {name: seconds}. A name used twice in a step accumulates.
-
-- CPU (`WallClock`): wall clock read at every lap, after synchronizing the device (a no-op on CPU,
-  where work is done when the call returns).
-- CUDA (`EventClock`, the GPU-only layer): an event per lap on the current stream and one
+- `NO_CLOCK`: the default, does nothing (pretraining pays nothing for the seam).
+- `WallClock` (CPU): the wall clock read at every lap, after synchronizing the device (a no-op on
+  CPU, where work is done when the call returns).
+- `EventClock` (CUDA, the GPU-only layer): an event per lap on the current stream and one
   synchronization in `stop()`. Times are the device's timeline: a kernel counts in the phase it
   ran in, and time the device spent idle waiting for the host (e.g. for the loader) counts in the
   phase the host was in. `start()` synchronizes, so the step begins with an idle device.
+
+Both also keep `host`: each phase's time as the host saw it (no synchronization), which tells a
+wait for the loader apart from the copy to the device.
 """
 
 from __future__ import annotations
@@ -21,26 +25,45 @@ import torch
 from fastbt.meter import synchronize
 
 
-class WallClock:
+class NoClock:
+    def start(self) -> None:
+        pass
+
+    def lap(self, name: str) -> None:
+        pass
+
+
+NO_CLOCK = NoClock()
+
+
+class _HostLaps:
+    def _start_host(self) -> None:
+        self.host: dict[str, float] = defaultdict(float)
+        self._host_last = time.perf_counter()
+
+    def _lap_host(self, name: str) -> None:
+        now = time.perf_counter()
+        self.host[name] += now - self._host_last
+        self._host_last = now
+
+
+class WallClock(_HostLaps):
     def __init__(self, device: torch.device):
         self.device = device
 
     def start(self) -> None:
         synchronize(self.device)
-        self.laps: dict[str, float] = defaultdict(float)
-        self._last = time.perf_counter()
+        self._start_host()
 
     def lap(self, name: str) -> None:
         synchronize(self.device)
-        now = time.perf_counter()
-        self.laps[name] += now - self._last
-        self._last = now
+        self._lap_host(name)
 
     def stop(self) -> dict[str, float]:
-        return dict(self.laps)
+        return dict(self.host)
 
 
-class EventClock:
+class EventClock(_HostLaps):
     def __init__(self, device: torch.device):
         self.device = device
 
@@ -51,9 +74,11 @@ class EventClock:
 
     def start(self) -> None:
         synchronize(self.device)
+        self._start_host()
         self._marks = [("", self._event())]
 
     def lap(self, name: str) -> None:
+        self._lap_host(name)
         self._marks.append((name, self._event()))
 
     def stop(self) -> dict[str, float]:

@@ -1,26 +1,32 @@
 """`fastbt profile`: where a pretraining step's time goes, and what bounds the run.
 
-The run is built as pretraining builds it (`fastbt.run.build_run`). Then every process measures,
-in this order, each window after `profile.warmup_steps` steps that pay for compilation, worker
-start-up and JIT (timed apart, excluded from rates):
+The run is built as pretraining builds it (`fastbt.run.build_run`) and measured through the loop's
+own body: its epoch iterator (`Run.batches`) and its step (`Run.step` = `Run.views` + `Run.train`).
+The profiler only chooses clocks and windows. Every process measures:
 
-1. step alone: the TrainStep on synthetic views already on the device (what it can consume);
-2. loader alone: augmented views, no step (what the loader can deliver);
-3. end to end: the loop's body (next batch, LR, step) with its Meter, one sync at the end;
-4. breakdown: the loop's body again under a phase clock (fastbt.phase_clock), with the loader's
-   and the step's stages apart: data wait, host-to-device, augmentation, forward, loss op,
-   backward, optimizer; with several processes the steps are repeated under DDP's `no_sync` and
-   the backward's difference is the gradient communication.
+1. warm-up: `profile.warmup_steps` steps of each window kind, timed apart (compilation, worker
+   start-up, JIT), excluded from the rates;
+2. throughput: short windows of `profile.steps` steps, interleaved and repeated `profile.repeats`
+   times (step, loader, end to end, step, loader, ...), so that a noisy machine slows all three
+   alike; the median and spread of each kind:
+   - step alone: `Run.train` on synthetic views already on the device (what the step consumes);
+   - loader alone: `Run.views`, no step (what the loader can deliver), after a lead-in of
+     unmeasured steps that drains what the workers prefetched meanwhile;
+   - end to end: `Run.step`, with the Meter as its clock, as in the loop;
+3. breakdown: `Run.step` under a phase clock (fastbt.phase_clock): data wait, host-to-device,
+   augmentation, forward, loss op, backward, optimizer; with several processes the steps are
+   repeated without gradient sync and the backward's difference is the gradient communication.
 
-Then model FLOPs per pair, peak memory and, optionally, a torch.profiler trace of a few steps;
-rank 0 writes the report (fastbt.report).
+Then model FLOPs per pair, peak memory, the load average at start and end, optionally a
+torch.profiler trace of a few steps; rank 0 writes the report (fastbt.report).
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
+import os
 import resource
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -33,16 +39,23 @@ from torch.utils.flop_counter import FlopCounterMode
 from fastbt import config, dist, environment, report, verdict
 from fastbt.config import Config
 from fastbt.meter import Meter, synchronize
-from fastbt.phase_clock import phase_clock
+from fastbt.phase_clock import NO_CLOCK, phase_clock
 from fastbt.run import Run, build_run
 from fastbt.precision import autocast_dtype
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: windows are medians of interleaved repeats, with their spread
 PHASE_TOLERANCE = 0.05  # the phases sum to the step time measured around them within this share
 NOT_SEPARABLE = {  # why a phase has no time of its own on a setup
     "host_to_device": "the crops are made in host memory: nothing to copy",
     "grad_comm": "one process: no gradient communication",
 }
+# The order of the interleaved windows. The loader's workers prefetch while the step window runs,
+# so a loader window starts with a lead-in of unmeasured steps that drains what they made; end to
+# end then starts from a loader in its steady state.
+KINDS = ("step", "loader", "end_to_end")
+# Batches a loader may hold ready: torch's DataLoader prefetches 2 per worker; FFCV keeps 3 batches
+# ahead, DALI 2. The lead-in is at least this many steps.
+PREFETCH_PER_WORKER, PREFETCH_SLACK = 2, 3
 
 
 def profile(cfg: Config, out_dir: str | Path) -> Path:
@@ -64,48 +77,52 @@ def profile(cfg: Config, out_dir: str | Path) -> Path:
 
 @dataclass
 class Window:
-    """One measured window: warm-up (the first step apart), then `steps` timed steps."""
+    """One kind of window: its warm-up (the first step apart), then `repeats` windows of `steps`
+    timed steps; the rate is the median of the windows', the spread (max - min) / median."""
     warmup_steps: int
     first_step_s: float | None  # compilation, worker start, JIT: mostly here
     warmup_s: float  # all warm-up steps, the first included
-    steps: int
-    seconds: float
-    pairs_per_s: float  # this process
-    data_wait_frac: float
+    steps: int  # per window
+    repeats: int
+    seconds: float  # all windows
+    pairs_per_s: float  # this process, the median window
+    spread: float
+    pairs_per_s_each: list[float]  # every window, in the order measured
+    data_wait_frac: float  # the median window's
 
 
 def measure(cfg: Config, world: dist.World, out_dir: Path) -> dict:
     """Every process measures itself; the results are this process's numbers (and, gathered,
     every process's end-to-end rate), as a JSON-ready dict."""
+    load_start = os.getloadavg()
     device = world.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     run = build_run(cfg, world)
     pairs = run.derived.per_device_batch
-    warmup, steps = cfg.profile.warmup_steps, cfg.profile.steps
-    crops = _crop_batches(run.loader)
-    views = (run.loader.augment(c1, c2, index) for index, c1, c2 in crops)
+    batches = run.batches()
     synthetic = _synthetic_views(pairs, cfg.aug.size, device)
-
-    def train(i, batch):
-        run.set_lr(i)
-        run.train_step(*batch)
-
-    windows = {
-        "step": _window(lambda: synthetic, train, warmup, steps, device, pairs),
-        "loader": _window(lambda: next(views), lambda i, batch: None, warmup, steps, device, pairs),
-        "end_to_end": _window(lambda: next(views), train, warmup, steps, device, pairs),
+    schedule = itertools.count()  # the LR schedule's step: any, as long as it moves on
+    bodies = {  # one step of each window kind, reporting to `clock`
+        "loader": lambda clock: (clock.start(), run.views(batches, clock)),
+        "step": lambda clock: (clock.start(), run.train(next(schedule), *synthetic, clock)),
+        "end_to_end": lambda clock: run.step(next(schedule), batches, clock),
     }
-    phases, phase_step_s, per_step = _breakdown(run, crops, steps)
+    lead_in = max(cfg.profile.steps, PREFETCH_PER_WORKER * cfg.data.workers + PREFETCH_SLACK)
+    windows = _windows(bodies, cfg.profile.warmup_steps, cfg.profile.steps, cfg.profile.repeats,
+                       device, pairs, lead_in)
+    phases, phase_step_s, per_step = _breakdown(run, batches, cfg.profile.steps)
     if cfg.profile.trace:
-        _trace(run, views, cfg.profile.trace_steps, out_dir / "trace.json")
+        _trace(run, batches, cfg.profile.trace_steps, out_dir / "trace.json")
 
     rates = {name: w.pairs_per_s for name, w in windows.items()}
+    spreads = {name: w.spread for name, w in windows.items()}
     precision = "bf16" if autocast_dtype(cfg.runtime.precision, device) == torch.bfloat16 else "fp32"
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     flops_per_pair = model_flops_per_pair(run.model, cfg.aug.size, device)
     peak = verdict.device_peak(device_name, precision)
     per_rank = _gather(rates["end_to_end"], world)
+    reliability = verdict.reliability(rates, spreads)
     return {
         "format": FORMAT_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -119,6 +136,9 @@ def measure(cfg: Config, world: dist.World, out_dir: Path) -> dict:
         "windows": {name: asdict(w) for name, w in windows.items()},
         "global_pairs_per_s": {name: rate * world.size for name, rate in rates.items()},
         "per_rank_end_to_end_pairs_per_s": per_rank,
+        "reliability": reliability,
+        "load_average": {"start": list(load_start), "end": list(os.getloadavg()),
+                         "cpus": os.cpu_count()},
         "phases": phases,
         "phase_notes": {p: NOT_SEPARABLE[p] for p, t in phases.items() if t is None},
         "phase_sum_s": sum(t for t in phases.values() if t is not None),
@@ -132,19 +152,12 @@ def measure(cfg: Config, world: dist.World, out_dir: Path) -> dict:
                   "mfu_step": flops_per_pair * rates["step"] / peak if peak else None,
                   "mfu_end_to_end": flops_per_pair * rates["end_to_end"] / peak if peak else None},
         "memory": _memory(device),
-        "verdict": verdict.judge(rates["loader"], rates["step"], rates["end_to_end"], phases),
+        "verdict": verdict.judge(rates["loader"], rates["step"], rates["end_to_end"], phases,
+                                 reliability),
         "projection": verdict.project(run.derived.total_steps, pairs, rates["end_to_end"], rates["step"]),
         "environment": environment.collect(device),
         "config": config.to_dict(cfg),
     }
-
-
-def _crop_batches(loader):
-    """This rank's crop batches as (index in epoch, crops1, crops2), epoch after epoch."""
-    for epoch in itertools.count():
-        loader.set_epoch(epoch)
-        for index, (crops1, crops2, _labels) in enumerate(loader.crops):
-            yield index, crops1, crops2
 
 
 def _synthetic_views(pairs: int, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,82 +166,69 @@ def _synthetic_views(pairs: int, size: int, device: torch.device) -> tuple[torch
                  .contiguous(memory_format=torch.channels_last) for _ in range(2))
 
 
-def _window(get_batch, consume, warmup: int, steps: int, device: torch.device, pairs: int) -> Window:
-    """The loop's body, `warmup + steps` times: get a batch (data wait), then consume it."""
-    meter = Meter(device, pairs)
-    began, first = time.perf_counter(), None  # with no warm-up, the first step counts in the rates
-    for i in range(warmup + steps):
-        if i == warmup:
-            meter.restart()  # syncs: the warm-up's queued work is not counted in the rates
-            warmed = time.perf_counter() - began
-        meter.data_wait_start()
-        batch = get_batch()
-        meter.data_wait_end()
-        consume(i, batch)
-        if i == 0 and warmup:
+def _warm_up(body, steps: int, device: torch.device) -> tuple[float | None, float]:
+    """Run `steps` steps untimed by any clock: (the first step's seconds, all of them)."""
+    began, first = time.perf_counter(), None
+    for i in range(steps):
+        body(NO_CLOCK)
+        if i == 0:
             synchronize(device)
             first = time.perf_counter() - began
-    rates = meter.report()
-    return Window(warmup, first, warmed, steps, rates.seconds, rates.pairs_per_s, rates.data_wait_frac)
+    synchronize(device)
+    return first, time.perf_counter() - began
 
 
-class _LapAfter:
-    """Stands in for `TrainStep.forward` so the clock laps when the model's forward returns: the
-    step's own code runs unchanged, and the loss op is timed apart from the forward."""
+def _windows(bodies: dict, warmup: int, steps: int, repeats: int, device: torch.device,
+             pairs: int, lead_in: int = 0) -> dict[str, Window]:
+    """Each kind warmed up, then `repeats` rounds of one window of each kind (ABCABC...), each
+    loader window after `lead_in` unmeasured steps."""
+    warm = {kind: _warm_up(bodies[kind], warmup, device) for kind in KINDS}
+    meter = Meter(device, pairs)
+    measured = {kind: [] for kind in KINDS}
+    for _ in range(repeats):
+        for kind in KINDS:
+            if kind == "loader":  # the lead-in: drain the batches prefetched during the step window
+                for _ in range(lead_in):
+                    bodies[kind](NO_CLOCK)
+            meter.restart()  # syncs: what came before is not counted
+            for _ in range(steps):
+                bodies[kind](meter)
+            measured[kind].append(meter.report())
+    windows = {}
+    for kind in KINDS:
+        each = [r.pairs_per_s for r in measured[kind]]
+        median = statistics.median(each)
+        middle = min(measured[kind], key=lambda r: abs(r.pairs_per_s - median))
+        seconds = sum(r.seconds for r in measured[kind])
+        windows[kind] = Window(warmup, *warm[kind], steps, repeats, seconds, median,
+                               (max(each) - min(each)) / median, each, middle.data_wait_frac)
+    return windows
 
-    def __init__(self, forward, clock, name: str):
-        self.forward, self.clock, self.name = forward, clock, name
 
-    def __call__(self, *args):
-        out = self.forward(*args)
-        self.clock.lap(self.name)
-        return out
-
-
-def _phased_steps(run: Run, crops, steps: int, sync_grads: bool) -> tuple[list[dict], float]:
-    """`steps` loop bodies under the phase clock: their phase times, and the mean wall time of a
-    step measured around them (the sum the phases must add up to)."""
-    step, device = run.train_step, run.world.device
+def _phased_steps(run: Run, batches, steps: int, sync_grads: bool) -> tuple[list[dict], float]:
+    """`steps` loop steps under the phase clock: their phase times (and the host's wait for the
+    next crops), and the mean wall time of a step measured around them (what the phases add to)."""
+    device = run.world.device
     clock = phase_clock(device)
-    forward = step.forward
-    step.forward = _LapAfter(forward, clock, "forward")
-    no_sync = step.model.no_sync if run.world.distributed and not sync_grads else contextlib.nullcontext
     laps = []
-    try:
-        synchronize(device)
-        began = time.perf_counter()
-        for i in range(steps):
-            run.set_lr(i)
-            clock.start()
-            asked = time.perf_counter()
-            index, crops1, crops2 = next(crops)
-            waited = time.perf_counter() - asked
-            clock.lap("input")
-            view1, view2 = run.loader.augment(crops1, crops2, index)
-            clock.lap("augmentation")
-            with no_sync():  # DDP decides in the forward whether the backward communicates
-                loss = step.loss(view1, view2)  # laps "forward" inside
-                clock.lap("loss")
-                loss.backward()
-                clock.lap("backward")
-            step.update()
-            clock.lap("optimizer")
-            laps.append({**clock.stop(), "host_wait": waited})
-        synchronize(device)
-        return laps, (time.perf_counter() - began) / steps
-    finally:
-        step.forward = forward
+    synchronize(device)
+    began = time.perf_counter()
+    for i in range(steps):
+        run.step(i, batches, clock, sync_grads)
+        laps.append({**clock.stop(), "host_wait": clock.host["input"]})
+    synchronize(device)
+    return laps, (time.perf_counter() - began) / steps
 
 
-def _breakdown(run: Run, crops, steps: int) -> tuple[dict[str, float | None], float, list[dict]]:
+def _breakdown(run: Run, batches, steps: int) -> tuple[dict[str, float | None], float, list[dict]]:
     """Mean seconds per step of each phase (None where it cannot be told apart on this setup), the
     step time they add up to, and each step's phases (for the chart)."""
-    laps, step_s = _phased_steps(run, crops, steps, sync_grads=True)
+    laps, step_s = _phased_steps(run, batches, steps, sync_grads=True)
     if run.world.distributed:
-        _phased_steps(run, crops, 1, sync_grads=False)  # warm-up: compile may specialize on no_sync
-        quiet, _ = _phased_steps(run, crops, steps, sync_grads=False)
+        _phased_steps(run, batches, 1, sync_grads=False)  # warm-up: compile may specialize on it
+        quiet, _ = _phased_steps(run, batches, steps, sync_grads=False)
         alone = _mean([q["backward"] for q in quiet])
-    # "input" is next(loader) on the device's clock; what of it the host did not wait for was
+    # "input" is next(crops) on the device's clock; what of it the host did not wait for was
     # device work the loader left queued: the copy to the device
     on_device = run.world.device.type != "cpu"
     per_step = []
@@ -282,17 +282,15 @@ def _gather(value: float, world: dist.World) -> list[float]:
     return values
 
 
-def _trace(run: Run, views, steps: int, path: Path) -> None:
-    """A torch.profiler trace (Chrome format) of `steps` loop bodies; rank 0's is written."""
+def _trace(run: Run, batches, steps: int, path: Path) -> None:
+    """A torch.profiler trace (Chrome format) of `steps` loop steps; rank 0's is written."""
     activities = [torch.profiler.ProfilerActivity.CPU]
     if run.world.device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=activities) as prof:
         for i in range(steps):
-            with torch.profiler.record_function("next(loader)"):
-                batch = next(views)
-            run.set_lr(i)
-            run.train_step(*batch)
+            with torch.profiler.record_function(f"step {i}"):
+                run.step(i, batches)
         synchronize(run.world.device)
     if run.world.is_main:
         prof.export_chrome_trace(str(path))

@@ -48,22 +48,37 @@ def _verdict(r: dict) -> list[str]:
 
 
 def _throughput(r: dict) -> list[str]:
-    windows = r["windows"]
+    windows, load = r["windows"], r["load_average"]
     lines = ["## Throughput (pairs/s)", "",
-             "| | per process | all processes | warm-up, s | of which the first step, s |",
-             "|---|---:|---:|---:|---:|"]
+             "| | per process, median | spread | min - max | all processes | warm-up, s "
+             "| of which the first step, s |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for name, title in WINDOW_NAMES.items():
         w = windows[name]
-        lines.append(f"| {title} | {_num(w['pairs_per_s'])} | {_num(r['global_pairs_per_s'][name])} "
+        lines.append(f"| {title} | {_num(w['pairs_per_s'])} | {w['spread']:.0%} "
+                     f"| {_num(min(w['pairs_per_s_each']))} - {_num(max(w['pairs_per_s_each']))} "
+                     f"| {_num(r['global_pairs_per_s'][name])} "
                      f"| {_num(w['warmup_s'])} | {_num(w['first_step_s'])} |")
-    lines += ["", f"Each window: {windows['step']['warmup_steps']} warm-up step(s) (compilation, "
-                  f"worker start, JIT; excluded from the rates), then {windows['step']['steps']} "
-                  f"measured steps. End to end, the loop waited for data "
-                  f"{windows['end_to_end']['data_wait_frac']:.0%} of the time."]
+    step = windows["step"]
+    lines += ["", f"Each kind: {step['warmup_steps']} warm-up step(s) (compilation, worker start, "
+                  f"JIT; excluded from the rates), then {step['repeats']} windows of "
+                  f"{step['steps']} steps, interleaved with the other kinds (step, loader, end to "
+                  f"end, step, ...; each loader window after unmeasured steps that drain what the "
+                  f"workers prefetched meanwhile); the median window is reported, the "
+                  f"spread is (max - min) / median. End to end, the loop waited for data "
+                  f"{windows['end_to_end']['data_wait_frac']:.0%} of the time.",
+              "", f"Load average (1, 5, 15 min; {load['cpus']} CPUs): "
+                  f"{_loads(load['start'])} at the start, {_loads(load['end'])} at the end. "
+                  + ("Reliable: the windows agree." if r["reliability"]["reliable"] else
+                     "**Unreliable:** " + "; ".join(r["reliability"]["reasons"]) + ".")]
     if r["setup"]["world_size"] > 1:
         lines.append("End to end, per rank: "
                      + ", ".join(_num(v) for v in r["per_rank_end_to_end_pairs_per_s"]))
     return lines
+
+
+def _loads(values: list[float]) -> str:
+    return " / ".join(f"{v:.2f}" for v in values)
 
 
 def _phases(r: dict) -> list[str]:
@@ -156,10 +171,14 @@ def charts(r: dict, out_dir: Path) -> None:
 
     fig = Figure(figsize=(6, 3.5), layout="constrained")
     ax = fig.add_subplot()
-    rates = [r["windows"][name]["pairs_per_s"] for name in WINDOW_NAMES]
-    bars = ax.bar(list(WINDOW_NAMES.values()), rates, color=["tab:blue", "tab:orange", "tab:green"])
+    windows = [r["windows"][name] for name in WINDOW_NAMES]
+    rates = [w["pairs_per_s"] for w in windows]
+    error = [[rate - min(w["pairs_per_s_each"]) for rate, w in zip(rates, windows)],
+             [max(w["pairs_per_s_each"]) - rate for rate, w in zip(rates, windows)]]
+    bars = ax.bar(list(WINDOW_NAMES.values()), rates, yerr=error, capsize=4,
+                  color=["tab:blue", "tab:orange", "tab:green"])
     ax.bar_label(bars, labels=[_num(v) for v in rates])
-    ax.set_ylabel("pairs/s per process")
+    ax.set_ylabel("pairs/s per process (median, min - max)")
     ax.set_title(f"{r['verdict']['bound']}-bound: {r['label']}", fontsize="medium")
     fig.savefig(out_dir / "throughput.png", dpi=100)
 
@@ -171,6 +190,7 @@ COMPARED = (
     ("loader alone, pairs/s (all processes)", "global_pairs_per_s.loader", 1),
     ("step alone, pairs/s (all processes)", "global_pairs_per_s.step", 1),
     ("end to end, pairs/s (all processes)", "global_pairs_per_s.end_to_end", 1),
+    ("end to end, spread of the windows", "windows.end_to_end.spread", 1),
     *((f"{PHASE_NAMES[p]}, ms/step", f"phases.{p}", 1e3) for p in PHASES),
     ("step (breakdown), ms", "phase_step_s", 1e3),
     ("compile + first step, s", "windows.step.first_step_s", 1),
@@ -188,12 +208,18 @@ def compare(a: dict, b: dict, names: tuple[str, str] = ("A", "B")) -> str:
     lines = [f"A: {names[0]}: {a['label']}", f"B: {names[1]}: {b['label']}", "",
              "| | A | B | B/A |", "|---|---:|---:|---:|",
              f"| verdict | {a['verdict']['bound']}-bound | {b['verdict']['bound']}-bound | |",
-             f"| fix first | {a['verdict']['fix_first']} | {b['verdict']['fix_first']} | |"]
+             f"| fix first | {a['verdict']['fix_first']} | {b['verdict']['fix_first']} | |",
+             f"| reliable | {_reliable(a)} | {_reliable(b)} | |"]
     for row, key, scale in COMPARED:
         va, vb = _get(a, key), _get(b, key)
         ratio = f"{vb / va:.2f}x" if va and vb is not None else "n.a."
         lines.append(f"| {row} | {_num(_scaled(va, scale))} | {_num(_scaled(vb, scale))} | {ratio} |")
     return "\n".join(lines) + "\n"
+
+
+def _reliable(r: dict) -> str:
+    """yes / no from the report's reliability; n.a. for reports made before it was measured."""
+    return {True: "yes", False: "no"}.get(r.get("reliability", {}).get("reliable"), "n.a.")
 
 
 def _scaled(v: float | None, scale: float) -> float | None:

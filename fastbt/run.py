@@ -2,13 +2,20 @@
 
 Seeding, the loader (this rank's shard), the values derived from the config and the dataset size,
 the model with global-batch BN (DDP-wrapped for several processes), LARS and the TrainStep. The
-loop (`fastbt.loop`) and the profiler (`fastbt.profile`) both start from here, so what the profiler
-measures is what pretraining runs.
+run also owns the loop's body, used by pretraining (`fastbt.loop`), profiling and tracing
+(`fastbt.profile`) alike, so what the profiler measures is what pretraining runs:
+
+- `batches(start)`: the one epoch iterator, this rank's crop batches from step `start` on, epoch
+  after epoch (resumable at (epoch, offset): a resumed run replays the same order);
+- `step(i, batches, clock)`: one step of the loop, `views` (next crops, augmentation) then
+  `train` (LR, forward, loss, backward, optimizer), reporting its phases to `clock`
+  (fastbt.phase_clock; a no-op by default, the Meter in the loop).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.distributed as torch_dist
@@ -22,6 +29,7 @@ from fastbt.losses import build_loss
 from fastbt.model import build_model
 from fastbt.norm import use_global_batch_norm
 from fastbt.optim import build_optimizer, lr_at, set_lr
+from fastbt.phase_clock import NO_CLOCK
 from fastbt.precision import use_channels_last
 from fastbt.step import TrainStep
 from pipelines.loader import TwoViewLoader
@@ -44,6 +52,41 @@ class Run:
                     multipliers=(self.cfg.optim.lr_weights, self.cfg.optim.lr_biases))
         set_lr(self.optimizer, lrs)
         return lrs
+
+    def batches(self, start: int = 0) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """(index in epoch, crops1, crops2) of every step from `start` (0-based) on, endlessly."""
+        steps_per_epoch = self.derived.steps_per_epoch
+        epoch, offset = divmod(start, steps_per_epoch)
+        while True:
+            self.loader.set_epoch(epoch)
+            crops = iter(self.loader.crops)
+            for _ in range(offset):  # resumed mid-epoch: the same order, skip what was done
+                next(crops)
+            for index in range(offset, steps_per_epoch):
+                crops1, crops2, _labels = next(crops)
+                yield index, crops1, crops2
+            epoch, offset = epoch + 1, 0
+
+    def views(self, batches: Iterator, clock=NO_CLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+        """The input half of a step: the next crops (laps "input"), augmented ("augmentation")."""
+        index, crops1, crops2 = next(batches)
+        clock.lap("input")
+        views = self.loader.augment(crops1, crops2, index)
+        clock.lap("augmentation")
+        return views
+
+    def train(self, step: int, view1: torch.Tensor, view2: torch.Tensor, clock=NO_CLOCK,
+              sync_grads: bool = True) -> torch.Tensor:
+        """The compute half: the LR of `step` (0-based), then the TrainStep (its laps: "forward",
+        "loss", "backward", "optimizer"). Returns the loss as a 0-dim device tensor."""
+        self.set_lr(step)
+        self.train_step.clock, self.train_step.sync_grads = clock, sync_grads
+        return self.train_step(view1, view2)
+
+    def step(self, step: int, batches: Iterator, clock=NO_CLOCK, sync_grads: bool = True) -> torch.Tensor:
+        """One step of the loop: `clock.start()`, then `views` and `train`."""
+        clock.start()
+        return self.train(step, *self.views(batches, clock), clock, sync_grads)
 
 
 def build_run(cfg: Config, world: dist.World) -> Run:

@@ -3,11 +3,14 @@
 The model's two-view forward is what `torch.compile` compiles (and autocast runs in bf16 on CUDA);
 the loss is injected (`fastbt.losses`: the Barlow Twins fused op by default, a registered custom op
 that stays opaque either way), and LARS runs as foreach kernels. The step returns the loss as a
-0-dim device tensor: reading it (`.item()`) is the caller's decision, made only every N steps.
+0-dim device tensor: reading it (`.item()`) is the caller's decision, made only every N steps. The
+step reports its phases to `clock`, which `fastbt.run.Run.train` sets: a no-op by default, the
+profiler's phase clock when it measures.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +19,7 @@ from torch import nn
 
 from fastbt.config import RuntimeConfig
 from fastbt.losses import Loss
+from fastbt.phase_clock import NO_CLOCK
 from fastbt.precision import autocast, autocast_dtype, use_channels_last
 
 
@@ -27,6 +31,8 @@ class TrainStep:
     runtime: RuntimeConfig  # precision, compile, channels_last (the model's memory format)
     device: torch.device
     group: object = None  # the process group of a distributed run, else None
+    clock: object = NO_CLOCK  # laps "forward", "loss", "backward", "optimizer"
+    sync_grads: bool = True  # False: DDP skips the gradient all-reduce (a profiling window)
 
     def __post_init__(self):
         self.world = dist.get_world_size(self.group) if self.group is not None else 1
@@ -43,6 +49,7 @@ class TrainStep:
         with autocast(self.device, self.amp_dtype):
             z1, z2 = self.forward(view1.contiguous(memory_format=self.memory_format),
                                   view2.contiguous(memory_format=self.memory_format))
+        self.clock.lap("forward")
         return self.loss_fn(z1, z2, scale=self.world, group=self.group)
 
     def update(self) -> None:
@@ -51,7 +58,12 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
 
     def __call__(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
-        loss = self.loss(view1, view2)
-        loss.backward()
+        # DDP decides in the forward whether the backward communicates
+        with contextlib.nullcontext() if self.sync_grads else self.model.no_sync():
+            loss = self.loss(view1, view2)
+            self.clock.lap("loss")
+            loss.backward()
+            self.clock.lap("backward")
         self.update()
+        self.clock.lap("optimizer")
         return loss.detach() / self.world

@@ -4,6 +4,10 @@ how much of the device's peak the step uses. Pure functions of measured numbers.
 Bound: the loader alone delivers L pairs/s, the step alone consumes S pairs/s; the run is
 input-bound when L < S and compute-bound otherwise, by the factor max/min. End to end reaches at
 most min(L, S); how close it gets says how well loading overlaps with computing.
+
+Reliable: each rate is the median of interleaved repeated windows; the result is flagged
+unreliable when a kind's windows spread widely (the machine's load changed under the profile) or
+when end to end beats the slower of L and S by more than their spread (impossible when steady).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ HINTS = {
     "grad_comm": "gradient communication: interconnect, DDP bucket size",
 }
 
+LARGE_SPREAD = 0.25  # (max - min) / median of a kind's windows above this: noise dominates
 POOR_OVERLAP = 0.8  # end to end below this share of min(L, S): loading and computing take turns
 
 # Dense bf16 tensor-core peaks, FLOP/s per GPU, matched in order against the device name.
@@ -43,8 +48,25 @@ def device_peak(device_name: str | None, dtype: str) -> float | None:
     return next((peak for key, peak in PEAK_BF16 if key in device_name), None)
 
 
-def judge(loader: float, step: float, end_to_end: float, phases: dict[str, float | None]) -> dict:
-    """The verdict from the three rates (pairs/s, per process) and the mean phase times."""
+def reliability(rates: dict[str, float], spreads: dict[str, float]) -> dict:
+    """Whether the three median rates (pairs/s; "loader", "step", "end_to_end") can be trusted,
+    given each kind's spread ((max - min) / median of its windows), and why not."""
+    reasons = [f"the {kind.replace('_', ' ')} windows vary by {spreads[kind]:.0%} (over "
+               f"{LARGE_SPREAD:.0%})" for kind in ("loader", "step", "end_to_end")
+               if spreads[kind] > LARGE_SPREAD]
+    slower = min(("loader", "step"), key=rates.get)
+    margin = max(spreads[slower] * rates[slower], spreads["end_to_end"] * rates["end_to_end"])
+    if rates["end_to_end"] > rates[slower] + margin:
+        reasons.append(f"end to end ({rates['end_to_end']:.1f} pairs/s) exceeds the slower of "
+                       f"loader and step ({rates[slower]:.1f}) by more than the spread "
+                       f"({margin:.1f})")
+    return {"reliable": not reasons, "reasons": reasons}
+
+
+def judge(loader: float, step: float, end_to_end: float, phases: dict[str, float | None],
+          reliable: dict | None = None) -> dict:
+    """The verdict from the three rates (pairs/s, per process), the mean phase times and, if
+    given, their `reliability`."""
     input_bound = loader < step
     slower, faster = min(loader, step), max(loader, step)
     candidates = {p: phases[p] for p in (INPUT_PHASES if input_bound else COMPUTE_PHASES)
@@ -58,8 +80,12 @@ def judge(loader: float, step: float, end_to_end: float, phases: dict[str, float
     if overlap < POOR_OVERLAP:
         summary += (" Loading and computing barely overlap: the loader's work runs in line with "
                     "the step (e.g. data.workers=0) or its prefetch is too shallow.")
+    if reliable is not None and not reliable["reliable"]:
+        summary = ("UNRELIABLE (the machine was too noisy: " + "; ".join(reliable["reasons"])
+                   + "; rerun on a quieter machine or with more profile.repeats). " + summary)
     return {"bound": bound, "factor": faster / slower, "overlap": overlap, "fix_first": fix_first,
-            "hint": HINTS[fix_first], "summary": summary}
+            "hint": HINTS[fix_first], "summary": summary,
+            "reliable": None if reliable is None else reliable["reliable"]}
 
 
 def project(total_steps: int, pairs_per_step: int, end_to_end: float, step: float) -> dict:

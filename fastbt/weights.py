@@ -1,9 +1,8 @@
 """Backbone weights from a file, checked against the architecture they are loaded into.
 
-Two kinds of file are read: an exported backbone (`backbone.pth`: a torchvision state_dict without
-fc.*, the official torch.hub format) and a fastbt checkpoint (`ckpt_*.pt`: its model's backbone
-entries). A classifier's `fc.*` entries, if present, are ignored. Anything else, or weights of
-another architecture, is a `WeightsError` that names the file and what does not fit, in one line.
+The file (an exported backbone or a fastbt checkpoint) is read by `fastbt.checkpoint`; weights of
+another architecture are a `WeightsError` that names the file and what does not fit, in one line,
+and the architecture they do fit, if any.
 """
 
 from __future__ import annotations
@@ -13,34 +12,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from fastbt.checkpoint import backbone_state
+from fastbt.checkpoint import WeightsError, read_backbone_state
 from fastbt.model import COMMON_ARCHS, build_backbone
-from pipelines.errors import DataError
 
-
-class WeightsError(DataError):
-    """A weights file that cannot serve as the backbone asked for (the CLI prints it in one line)."""
-
-
-def read_backbone_state(path: str | Path) -> dict[str, Tensor]:
-    """The backbone's tensors in a weights file, with torchvision's names (fc.* left out)."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: no such weights file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # not a torch file, truncated, or pickled code (weights_only refuses)
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise WeightsError(f"{path}: not a readable weights file ({type(err).__name__}: "
-                           f"{reason[:200]})") from None
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):  # a fastbt checkpoint
-        obj = backbone_state(obj["model"])
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise WeightsError(f"{path}: neither a backbone state_dict nor a fastbt checkpoint")
-    state = {k: v for k, v in obj.items() if not k.startswith("fc.")}
-    if not state:
-        raise WeightsError(f"{path}: holds no backbone weights")
-    return state
+__all__ = ["WeightsError", "load_backbone", "mismatch"]
 
 
 def mismatch(expected: dict[str, Tensor], state: dict[str, Tensor]) -> str | None:

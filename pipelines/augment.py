@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -40,15 +40,6 @@ BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
 def _require(ok: bool, name: str, what: str) -> None:
     if not ok:
         raise ValueError(f"augmentation: {name} must be {what}")
-
-
-def _replace(obj, d: Mapping):
-    known = {f.name for f in dataclasses.fields(obj)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"unknown key {unknown[0]!r} for {type(obj).__name__} "
-                         f"(known: {', '.join(sorted(known))})")
-    return dataclasses.replace(obj, **{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 @dataclass(frozen=True)
@@ -85,11 +76,6 @@ class ViewSpec:
         _require(0 < self.crop_ratio[0] <= self.crop_ratio[1], "crop_ratio", "0 < lo <= hi")
         _require(0 < self.blur_sigma[0] <= self.blur_sigma[1], "blur_sigma", "0 < lo <= hi")
 
-    @classmethod
-    def from_dict(cls, d: Mapping, base: ViewSpec | None = None) -> ViewSpec:
-        """`base` (default: view 1) with the keys of `d` replaced; lists become tuples."""
-        return _replace(base or cls(), d)
-
 
 @dataclass(frozen=True)
 class AugSpec:
@@ -106,16 +92,6 @@ class AugSpec:
         _require(self.size > 0, "size", "> 0")
         _require(len(self.mean) == 3 and len(self.std) == 3, "mean/std", "3 numbers each")
         _require(all(s > 0 for s in self.std), "std", "> 0")
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> AugSpec:
-        """Defaults overridden by `d`; `d["view1"]` / `d["view2"]` override that view's defaults.
-
-        AugSpec.from_dict({"size": 160, "view2": {"solarize_p": 0.0}}); unknown keys raise.
-        """
-        d = dict(d)
-        views = {k: ViewSpec.from_dict(d.pop(k), getattr(cls(), k)) for k in ("view1", "view2") if k in d}
-        return dataclasses.replace(_replace(cls(), d), **views)
 
 
 def blur_kernel_size(sigma_max: float) -> int:

@@ -143,7 +143,7 @@ def test_seed_reproduces_and_views_differ():
     assert a1.shape == x.shape and torch.isfinite(a1).all()
 
 
-def test_recipe_defaults_and_from_dict():
+def test_recipe_defaults_and_ranges():
     spec = A.AugSpec()
     v1, v2 = spec.view1, spec.view2
     assert (v1.crop_scale, v1.flip_p, v1.jitter_p, v1.gray_p) == ((0.08, 1.0), 0.5, 0.8, 0.2)
@@ -154,17 +154,8 @@ def test_recipe_defaults_and_from_dict():
     assert (spec.mean, spec.std) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     assert A.blur_kernel_size(2.0) == 17
 
-    d = {"size": 160, "mean": [0.5, 0.5, 0.5], "view2": {"solarize_p": 0.0, "blur_sigma": [0.2, 1.0]}}
-    got = A.AugSpec.from_dict(d)
-    assert got.size == 160 and got.mean == (0.5, 0.5, 0.5) and got.view1 == v1
-    assert got.view2 == dataclasses.replace(v2, solarize_p=0.0, blur_sigma=(0.2, 1.0))
-    assert A.AugSpec.from_dict(dataclasses.asdict(got)) == got  # round trip through plain data
-    with pytest.raises(ValueError, match="'blurr_p'"):
-        A.AugSpec.from_dict({"view1": {"blurr_p": 0.5}})
-    with pytest.raises(ValueError, match="'sizes'"):
-        A.AugSpec.from_dict({"sizes": 1})
     with pytest.raises(ValueError, match="gray_p"):
-        A.ViewSpec.from_dict({"gray_p": 1.5})
+        A.ViewSpec(gray_p=1.5)
     with pytest.raises(ValueError, match="hue"):
         A.ViewSpec(hue=0.6)
 

@@ -15,7 +15,8 @@ from fastbt.cli import main
 from fastbt.demo_data import make_demo_folder
 from fastbt.errors import ConfigError
 from fastbt.eval_data import center_crops, labeled_set
-from fastbt.evaluate import Frozen, KnnEval, extract_features
+from fastbt.evaluate import KnnEval
+from fastbt.features import Frozen, extract_features
 from fastbt.model import build_backbone, build_model
 from fastbt.weights import WeightsError, load_backbone
 from pipelines.augment import AugSpec

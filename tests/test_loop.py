@@ -12,38 +12,23 @@ import torch
 import torchvision
 
 from fastbt import checkpoint, config, loop, runlog
-from fastbt.demo_data import make_demo_folder
 from fastbt.step import TrainStep
 
 import distributed
 
-# 32 px crops of 40 px shapes, ResNet-18 with a small projector, batch 16: ~0.1-0.3 s a step here.
-TINY = ["data.backend=torchvision", "data.workers=0", "model.arch=resnet18", "model.projector=[64,64]",
-        "aug.size=32", "train.batch_size=16", "optim.warmup_epochs=0", "logging.every_steps=1",
-        "logging.progress_bar=false", "runtime.device=cpu", "runtime.compile=false",
-        "runtime.precision=fp32"]
 # Photometric augmentation off: crops are seeded per image, so any split of a batch over processes
 # sees the same pixels (the photometric draws are per batch row, which a split would reorder).
 NO_PHOTOMETRIC = [f"aug.{v}.{k}=0.0" for v in ("view1", "view2")
                   for k in ("jitter_p", "gray_p", "blur_p", "solarize_p")]
 
 
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes")
-    make_demo_folder(root, per_class=8, size=40)  # 80 images, 5 steps per epoch at batch 16
-    return root
-
-
-def tiny_config(images, out_dir, *extra):
-    return config.load(None, [*TINY, f"data.path={images}", f"train.out_dir={out_dir}", *extra])
-
 
 def final_weights(run_dir):
     return checkpoint.load_latest(run_dir)["model"]
 
 
-def test_a_tiny_run_lowers_the_loss_and_exports_a_torchvision_backbone(images, tmp_path):
+def test_a_tiny_run_lowers_the_loss_and_exports_a_torchvision_backbone(images, tiny_config,
+                                                                       tmp_path):
     # batch 16 makes batch/256 a tiny base LR; a large weight multiplier makes 15 steps count
     cfg = tiny_config(images, tmp_path / "run", "train.epochs=3", "optim.lr_weights=100")
     run_dir = loop.pretrain(cfg)
@@ -61,7 +46,7 @@ class Crash(Exception):
     pass
 
 
-def test_a_resumed_run_equals_the_uninterrupted_run(images, tmp_path, monkeypatch):
+def test_a_resumed_run_equals_the_uninterrupted_run(images, tiny_config, tmp_path, monkeypatch):
     settings = ["train.epochs=2", "train.checkpoint_every_steps=3"]  # 10 steps; stop after step 7
     whole = final_weights(loop.pretrain(tiny_config(images, tmp_path / "whole", *settings)))
 
@@ -86,7 +71,8 @@ def test_a_resumed_run_equals_the_uninterrupted_run(images, tmp_path, monkeypatc
         torch.testing.assert_close(resumed[key], whole[key], rtol=0, atol=0, msg=key)
 
 
-def test_a_non_finite_loss_stops_the_run_and_names_the_step(images, tmp_path, monkeypatch):
+def test_a_non_finite_loss_stops_the_run_and_names_the_step(images, tiny_config, tmp_path,
+                                                             monkeypatch):
     real_loss = TrainStep.loss
     calls = {"n": 0}
 
@@ -105,9 +91,9 @@ def test_a_non_finite_loss_stops_the_run_and_names_the_step(images, tmp_path, mo
     assert names == ["ckpt_000000004.pt", "ckpt_000000002.pt"]
 
 
-def test_sigterm_writes_a_checkpoint_and_exits_cleanly(images, tmp_path):
+def test_sigterm_writes_a_checkpoint_and_exits_cleanly(images, tiny, tmp_path):
     run_dir = tmp_path / "preempted"
-    args = [*TINY, f"data.path={images}", f"train.out_dir={run_dir}", "train.epochs=50"]
+    args = [*tiny, f"data.path={images}", f"train.out_dir={run_dir}", "train.epochs=50"]
     proc = subprocess.Popen([Path(sys.executable).parent / "fastbt", "pretrain", os.devnull, *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log = run_dir / "log.jsonl"
@@ -123,16 +109,16 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(images, tmp_path):
     assert saved is not None and 2 <= saved["step"] < 250
 
 
-def one_or_two_processes(rank, world_size, images, out_dir):
-    cfg = tiny_config(images, out_dir, "train.epochs=1", *NO_PHOTOMETRIC)
+def pretrain_in_each_process(rank, world_size, cfg):
     loop.pretrain(cfg)
     return None
 
 
 @pytest.mark.dist
-def test_two_processes_match_one_process_on_the_same_global_batch(images, tmp_path):
+def test_two_processes_match_one_process_on_the_same_global_batch(images, tiny_config, tmp_path):
     one = loop.pretrain(tiny_config(images, tmp_path / "one", "train.epochs=1", *NO_PHOTOMETRIC))
-    distributed.run(one_or_two_processes, 2, images, tmp_path / "two", init_group=False)
+    two = tiny_config(images, tmp_path / "two", "train.epochs=1", *NO_PHOTOMETRIC)
+    distributed.run(pretrain_in_each_process, 2, two, init_group=False)
     log1, log2 = runlog.read(one / "log.jsonl"), runlog.read(tmp_path / "two" / "log.jsonl")
     assert [r["step"] for r in log1] == [r["step"] for r in log2] == [1, 2, 3, 4, 5]
     for r1, r2 in zip(log1, log2):
@@ -142,7 +128,7 @@ def test_two_processes_match_one_process_on_the_same_global_batch(images, tmp_pa
         torch.testing.assert_close(w2[key], w1[key], rtol=1e-3, atol=1e-4, msg=key)
 
 
-def test_the_online_knn_monitor_logs_every_n_epochs(images, tmp_path):
+def test_the_online_knn_monitor_logs_every_n_epochs(images, tiny_config, tmp_path):
     cfg = tiny_config(images, tmp_path / "knn", "train.epochs=2", "eval.knn.every_epochs=1",
                       f"eval.train={images}", f"eval.val={images}", "eval.size=32", "eval.resize=32")
     records = [r for r in runlog.read(loop.pretrain(cfg) / "log.jsonl") if "knn_top1" in r]

@@ -9,44 +9,28 @@ import torch
 
 from fastbt import config, profile, verdict
 from fastbt.cli import main
-from fastbt.demo_data import make_demo_folder
 from pipelines.torchvision_data import TorchvisionCrops
 
 import distributed
-from test_loop import TINY
 
-SLEEP_S = 1.2  # per batch of the slowed loader: several times a step of batch 4 here
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # On a shared 2-core machine two OpenMP threads stall whenever the other core is busy
-    # (a tiny step measured 7x slower); one thread keeps the timings steady.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# per batch of the slowed loader: several times a step of batch 4 here (~0.3 s), and still more
+# than one (~2 s) when the shared machine's load average is 14 on its 2 cores
+SLEEP_S = 3.0
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes")
-    make_demo_folder(root, per_class=4, size=40)  # 40 images
-    return root
-
-
-@pytest.fixture(scope="module")
-def normal(images, tmp_path_factory):
+def normal(images, tiny, tmp_path_factory):
     """A report made through the command line, with a torch.profiler trace."""
     out = tmp_path_factory.mktemp("normal")
-    assert main(["profile", os.devnull, *TINY, "profile.warmup_steps=1", "profile.trace=true",
+    assert main(["profile", os.devnull, *tiny, "profile.warmup_steps=1", "profile.trace=true",
+                 "profile.repeats=3",
                  "profile.trace_steps=1", "train.batch_size=8", f"data.path={images}",
                  "--steps", "3", "--out", str(out)]) == 0
     return out
 
 
 @pytest.fixture(scope="module")
-def slowed(images, tmp_path_factory):
+def slowed(images, tiny, tmp_path_factory):
     """A report whose crop source sleeps before every batch."""
     out = tmp_path_factory.mktemp("slowed")
     real_iter = TorchvisionCrops.__iter__
@@ -56,8 +40,8 @@ def slowed(images, tmp_path_factory):
             time.sleep(SLEEP_S)
             yield batch
 
-    cfg = config.load(None, [*TINY, "profile.warmup_steps=1", "profile.steps=2", "train.batch_size=4",
-                             f"data.path={images}"])
+    cfg = config.load(None, [*tiny, "profile.warmup_steps=1", "profile.steps=1", "profile.repeats=2",
+                             "train.batch_size=4", f"data.path={images}"])
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(TorchvisionCrops, "__iter__", slow_iter)
         profile.profile(cfg, out)
@@ -80,6 +64,11 @@ def test_the_report_files_exist_and_parse(normal):
     for chart in ("phases.png", "throughput.png"):
         assert (normal / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((normal / "trace.json").read_text())["traceEvents"]
+    # three interleaved windows of each kind, the load average before and after, a reliability
+    assert all(len(w["pairs_per_s_each"]) == 3 for w in r["windows"].values())
+    assert len(r["load_average"]["start"]) == len(r["load_average"]["end"]) == 3
+    assert r["reliability"]["reliable"] == r["verdict"]["reliable"]
+    assert "Load average" in md and "spread" in md
 
 
 def test_the_phases_add_up_to_the_measured_step_time(normal):
@@ -138,16 +127,16 @@ def test_profile_needs_a_config_or_compare(capsys):
     assert capsys.readouterr().err.startswith("fastbt profile: error: give a CONFIG")
 
 
-def profile_on_two_ranks(rank, world_size, images, out):
-    cfg = config.load(None, [*TINY, "profile.warmup_steps=1", "profile.steps=1", "train.batch_size=8",
-                             f"data.path={images}"])
+def profile_on_two_ranks(rank, world_size, cfg, out):
     profile.profile(cfg, out)
 
 
 @pytest.mark.dist
 @pytest.mark.slow  # ~50 s here, most of it starting two processes
-def test_under_two_processes_rank_0_reports_the_gradient_communication(images, tmp_path):
-    distributed.run(profile_on_two_ranks, 2, images, tmp_path, init_group=False)
+def test_under_two_processes_rank_0_reports_the_gradient_communication(images, tiny, tmp_path):
+    cfg = config.load(None, [*tiny, "profile.warmup_steps=1", "profile.steps=1", "profile.repeats=1",
+                             "train.batch_size=8", f"data.path={images}"])
+    distributed.run(profile_on_two_ranks, 2, cfg, tmp_path, init_group=False)
     r = read(tmp_path)
     assert r["setup"]["world_size"] == 2 and r["setup"]["global_batch"] == 8
     assert len(r["per_rank_end_to_end_pairs_per_s"]) == 2
