@@ -11,10 +11,10 @@ import argparse
 import sys
 
 from fastbt import __version__
-from fastbt.errors import ConfigError, RunStopped
+from fastbt.errors import ConfigError, DeviceError, RunStopped
 from pipelines.errors import DataError
 
-USER_ERRORS = (ConfigError, DataError)
+USER_ERRORS = (ConfigError, DataError, DeviceError)
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:

@@ -7,3 +7,7 @@ class ConfigError(ValueError):
 
 class RunStopped(RuntimeError):
     """A run stopped itself for a reason the message gives (e.g. a non-finite loss)."""
+
+
+class DeviceError(RuntimeError):
+    """GPUs are present but torch cannot use them (e.g. a driver older than torch's CUDA build)."""
