@@ -63,3 +63,14 @@ def test_the_launcher_refuses_before_starting_processes(tmp_path):
                          capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 2
     assert "2 GPU(s), driver 470.82.01" in out.stderr and "torchrun" not in out.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-only behaviour")
+def test_gpu_check_says_so_in_one_line_on_a_cpu_only_machine():
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "/nonexistent/out"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    if dist.visible_gpus()[0]:
+        pytest.skip("this machine lists GPUs")
+    assert out.returncode == 0
+    assert out.stdout.count("\n") == 1 and "no CUDA device" in out.stdout and not out.stderr
