@@ -2,7 +2,8 @@
 # One command for the first GPU machine: scripts/gpu_check.sh [OUT_DIR]
 #
 # In < 10 minutes on a CUDA machine: the gpu-marked tests, bench_loss (per-rank FLOP table +
-# fused vs official on the GPU), bench_augment --device cuda --compile (bf16 out), bench_pipelines
+# fused vs official on the GPU), bench_augment --device cuda --compile (bf16 out), bench_optim
+# (LARS eager vs compiled, the paper's model), bench_pipelines
 # --device cuda on generated data, and `fastbt profile` of configs/paper.yaml on that data for a
 # few steps on 1 GPU and, if there are several, on all of them via torchrun. Every step has its
 # own time limit and its output goes to OUT_DIR/<step>.log; OUT_DIR/summary.md collects every
@@ -60,6 +61,7 @@ step() {
 step gpu_tests 240 $PY -m pytest -m gpu -q -p no:cacheprovider -o addopts="" tests
 step bench_loss 90 $PY scripts/bench_loss.py --device cuda --n 2048 --dims 8192 16384 --reps 5 --threads 0
 step bench_augment 120 $PY scripts/bench_augment.py --device cuda --compile --dtype bf16 --batch 256 --reps 7
+step bench_optim 120 $PY scripts/bench_optim.py --device cuda --arch resnet50 --projector 8192 8192 8192
 step bench_pipelines 180 $PY scripts/bench_pipelines.py --device cuda --batch 256 --images 1024 \
     --seconds 5 --workers "$(nproc)" --data "$DATA"
 
