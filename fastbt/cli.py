@@ -11,10 +11,10 @@ import argparse
 import sys
 
 from fastbt import __version__
-from fastbt.errors import ConfigError, RunDirError, RunStopped
+from fastbt.errors import ConfigError, DeviceError, RunDirError, RunStopped
 from pipelines.errors import DataError
 
-USER_ERRORS = (ConfigError, DataError, RunDirError)
+USER_ERRORS = (ConfigError, DataError, DeviceError, RunDirError)
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:

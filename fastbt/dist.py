@@ -2,16 +2,29 @@
 
 One process per device. Without torchrun (no WORLD_SIZE in the environment) this is a world of one
 and no process group is created. NCCL on CUDA, gloo on CPU.
+
+Fail loudly: when the machine has GPUs (nvidia-smi lists some, or CUDA_VISIBLE_DEVICES names some)
+but torch cannot use them, typically a driver older than torch's CUDA build needs, training on CPU
+in fp32 would be a silent 50x slowdown: `check_cuda_usable` raises DeviceError instead (the CLI
+prints it in one line, exit 2), unless runtime.device=cpu asks for the CPU. The launchers in
+scripts/ run the same check (`python -m fastbt.dist`) before starting N processes.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from fastbt.errors import DeviceError
+
+# The oldest NVIDIA driver branch each CUDA major version runs on (minor-version compatibility).
+MIN_DRIVER = {"11": "R450", "12": "R525", "13": "R580"}
 
 
 @dataclass(frozen=True)
@@ -30,11 +43,45 @@ class World:
         return self.size > 1
 
 
+def visible_gpus() -> tuple[int, str | None]:
+    """(number of GPUs nvidia-smi lists, their driver version); (0, None) without nvidia-smi."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return 0, None
+    return len(out), (out[0] if out else None)
+
+
+def _cuda_devices_requested() -> bool:
+    return os.environ.get("CUDA_VISIBLE_DEVICES", "").strip() not in ("", "-1")
+
+
+def check_cuda_usable() -> None:
+    """Raise DeviceError when GPUs are there (nvidia-smi or CUDA_VISIBLE_DEVICES) but CUDA is not."""
+    if torch.cuda.is_available():
+        return
+    count, driver = visible_gpus()
+    if not count and not _cuda_devices_requested():
+        return
+    build = torch.version.cuda
+    need = MIN_DRIVER.get(str(build).split(".")[0], "a driver for that CUDA version") if build else None
+    found = (f"nvidia-smi lists {count} GPU(s), driver {driver}" if count else
+             f"CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']}")
+    wants = (f"torch {torch.__version__} is built for CUDA {build} and needs an NVIDIA driver "
+             f"{need} or newer" if build else f"torch {torch.__version__} is a CPU-only build")
+    raise DeviceError(f"{found}, but torch.cuda.is_available() is false: {wants}; update the "
+                      f"driver (or install a matching torch), or set runtime.device=cpu to train "
+                      f"on CPU on purpose")
+
+
 def pick_device(preference: str, local_rank: int) -> torch.device:
+    if preference != "cpu":
+        check_cuda_usable()
     if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise RuntimeError("runtime.device=cuda, but CUDA is not available on this machine")
+        raise DeviceError("runtime.device=cuda, but no GPU is visible on this machine")
     return torch.device("cuda", local_rank)
 
 
@@ -75,3 +122,11 @@ def any_rank(flag: bool, world: World) -> bool:
 def print0(world: World, *args, **kwargs) -> None:
     if world.is_main:
         print(*args, **kwargs, flush=True)
+
+
+if __name__ == "__main__":  # the launchers' check: python -m fastbt.dist
+    try:
+        check_cuda_usable()
+    except DeviceError as err:
+        print(f"fastbt: error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -12,3 +12,7 @@ class RunStopped(RuntimeError):
 class RunDirError(RuntimeError):
     """A run directory cannot be used as asked: another run holds it, it holds a run of another
     config or only unreadable checkpoints, or its disk is full; the message says what to do."""
+
+
+class DeviceError(RuntimeError):
+    """GPUs are present but torch cannot use them (e.g. a driver older than torch's CUDA build)."""

@@ -9,7 +9,9 @@ no LARS adaptation, and their own LR multiplier. The update, per parameter p wit
     p <- p - lr * mu
 
 The step uses foreach kernels (a few launches per group, not per parameter) and never syncs with the
-host: the trust ratio is computed with `torch.where` on device.
+host: the trust ratio is computed with `torch.where` on device. With `compiled=True` each group's
+update is one `torch.compile`d function (inductor fuses the foreach chain into a few kernels); the
+LR goes in as a 0-dim tensor so a new LR every step does not recompile it.
 """
 
 from __future__ import annotations
@@ -30,11 +32,42 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+def lars_update(params: list, grads: list, momenta: list, lr: float | torch.Tensor,
+                weight_decay: float, momentum: float, eta: float, adapt: bool) -> None:
+    """One group's LARS update, in place on params and momenta (see the module docstring)."""
+    updates = grads
+    if weight_decay:
+        updates = torch._foreach_add(updates, params, alpha=weight_decay)
+    if adapt:
+        p_norm = torch.stack(torch._foreach_norm(params))
+        u_norm = torch.stack(torch._foreach_norm(updates))
+        trust = torch.where((p_norm > 0) & (u_norm > 0), eta * p_norm / u_norm, torch.ones_like(p_norm))
+        updates = torch._foreach_mul(updates, list(trust.unbind()))
+    torch._foreach_mul_(momenta, momentum)
+    torch._foreach_add_(momenta, updates)
+    if isinstance(lr, torch.Tensor):  # compiled: an input, so a new LR is not a new graph
+        torch._foreach_add_(params, torch._foreach_mul(momenta, -lr))
+    else:
+        torch._foreach_add_(params, momenta, alpha=-lr)
+
+
+_compiled_lars_update = None
+
+
+def _compiled_update():
+    global _compiled_lars_update
+    if _compiled_lars_update is None:
+        _compiled_lars_update = torch.compile(lars_update, fullgraph=True)
+    return _compiled_lars_update
+
+
 class LARS(torch.optim.Optimizer):
     def __init__(self, params: Iterable, lr: float = 0.0, weight_decay: float = 0.0,
-                 momentum: float = 0.9, eta: float = 0.001, adapt: bool = True):
+                 momentum: float = 0.9, eta: float = 0.001, adapt: bool = True,
+                 compiled: bool = False):
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta, adapt=adapt)
         super().__init__(params, defaults)
+        self.compiled = compiled
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -46,19 +79,12 @@ class LARS(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            updates = [p.grad for p in params]
-            if group["weight_decay"]:
-                updates = torch._foreach_add(updates, params, alpha=group["weight_decay"])
-            if group["adapt"]:
-                p_norm = torch.stack(torch._foreach_norm(params))
-                u_norm = torch.stack(torch._foreach_norm(updates))
-                trust = torch.where((p_norm > 0) & (u_norm > 0),
-                                    group["eta"] * p_norm / u_norm, torch.ones_like(p_norm))
-                updates = torch._foreach_mul(updates, list(trust.unbind()))
             momenta = [self._momentum_buffer(p) for p in params]
-            torch._foreach_mul_(momenta, group["momentum"])
-            torch._foreach_add_(momenta, updates)
-            torch._foreach_add_(params, momenta, alpha=-group["lr"])
+            lr = group["lr"]
+            if self.compiled:  # a CPU 0-dim tensor: a kernel argument, never copied to the GPU
+                lr = torch.tensor(float(lr), dtype=torch.float32)
+            (_compiled_update() if self.compiled else lars_update)(params, [p.grad for p in params], momenta, lr, group["weight_decay"],
+                        group["momentum"], group["eta"], group["adapt"])
         return loss
 
     def _momentum_buffer(self, p: torch.Tensor) -> torch.Tensor:
@@ -68,8 +94,9 @@ class LARS(torch.optim.Optimizer):
         return state["mu"]
 
 
-def build_optimizer(model: nn.Module, weight_decay: float, momentum: float, eta: float) -> LARS:
-    return LARS(param_groups(model, weight_decay), lr=0.0, momentum=momentum, eta=eta)
+def build_optimizer(model: nn.Module, weight_decay: float, momentum: float, eta: float,
+                    compiled: bool = False) -> LARS:
+    return LARS(param_groups(model, weight_decay), lr=0.0, momentum=momentum, eta=eta, compiled=compiled)
 
 
 def lr_at(step: int, *, total_steps: int, warmup_steps: int, base_lr: float, final_ratio: float,

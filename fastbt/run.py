@@ -107,8 +107,14 @@ def build_run(cfg: Config, world: dist.World) -> Run:
     channels_last = use_channels_last(cfg.runtime.channels_last, world.device)
     model = build_model(cfg.model.arch, cfg.model.projector, channels_last).to(world.device)
     model = use_global_batch_norm(model, world.device, group)
-    optimizer = build_optimizer(model, cfg.optim.weight_decay, cfg.optim.momentum, cfg.optim.eta)
-    trained = (torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
-               if world.distributed else model)
+    optimizer = build_optimizer(model, cfg.optim.weight_decay, cfg.optim.momentum, cfg.optim.eta,
+                                compiled=cfg.runtime.compile)
+    if world.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest conv algorithms once
+    # Gradients live in DDP's buckets (no copy in, none out); every parameter is used every step in
+    # the same order, so the graph is static. Buffers: global BN keeps them equal on every rank.
+    trained = (torch.nn.parallel.DistributedDataParallel(
+        model, broadcast_buffers=False, gradient_as_bucket_view=True, static_graph=True)
+        if world.distributed else model)
     train_step = TrainStep(trained, optimizer, build_loss(cfg.loss), cfg.runtime, world.device, group)
     return Run(cfg, world, loader, derived, model, optimizer, train_step)

@@ -3,6 +3,7 @@
 # Rerun the same command to resume from the newest checkpoint in train.out_dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+.venv/bin/python -m fastbt.dist  # GPUs present but unusable by torch: one line, exit 2
 NPROC=${NPROC:-$(nvidia-smi -L 2>/dev/null | wc -l)}
 [ "$NPROC" -ge 1 ] || NPROC=1
 exec .venv/bin/torchrun --standalone --nproc_per_node="$NPROC" -m fastbt.cli pretrain "$@"

@@ -6,6 +6,7 @@
 # read by all ranks on resume).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+.venv/bin/python -m fastbt.dist  # GPUs present but unusable by torch: one line, exit 2
 : "${MASTER_ADDR:?set MASTER_ADDR to a host every node can reach}"
 : "${NNODES:?set NNODES to the number of nodes}"
 NPROC=${NPROC:-$(nvidia-smi -L 2>/dev/null | wc -l)}

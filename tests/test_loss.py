@@ -142,11 +142,11 @@ def op_samples(dtype):
     aa, bb = a.detach().float() @ a.detach().float().T, b.detach().float() @ b.detach().float().T
     grad = torch.tensor(1.5)
     return [
-        (ops.bt_gram.default, (a, b, 0.0051)),
-        (ops.bt_direct.default, (a, b, None, 0.0051, 6, 2)),
-        (ops.bt_direct.default, (a, b, c, 0.0051, 6, 2)),
-        (ops.bt_gram_backward.default, (grad, a.detach(), b.detach(), aa, bb, 0.0051)),
-        (ops.bt_direct_backward.default, (grad, a.detach(), b.detach(), None, 0.0051, 6, 2)),
+        (ops.bt_gram.default, (a, b, a.detach(), b.detach(), True)),
+        (ops.bt_direct.default, (a, b, None, 0.0051, 6, 2, True)),
+        (ops.bt_direct.default, (a, b, c, 0.0051, 6, 2, False)),
+        (ops.bt_gram_backward.default, (grad, a.detach(), b.detach(), aa, bb, True)),
+        (ops.bt_direct_backward.default, (grad, a.detach(), b.detach(), None, 0.0051, 6, 2, True)),
     ]
 
 

@@ -144,3 +144,21 @@ def test_lr_matches_the_official_formula():
         w, b = lr_at(s, **SCHEDULE)
         ref = official(s, 1000, 100, 8.0)
         assert (w, b) == (pytest.approx(ref * 0.2), pytest.approx(ref * 0.0048))
+
+
+def test_compiled_lars_matches_eager_lars_without_recompiling_for_new_lrs():
+    eager_model, compiled_model = small_model(), small_model()
+    eager = build_optimizer(eager_model, weight_decay=1e-2, momentum=0.9, eta=0.001)
+    compiled = build_optimizer(compiled_model, weight_decay=1e-2, momentum=0.9, eta=0.001, compiled=True)
+    x = torch.randn(16, 6, generator=torch.Generator().manual_seed(1))
+    torch._dynamo.utils.counters.clear()
+    for step, lrs in enumerate([(0.5, 0.02), (0.3, 0.01), (0.1, 0.05)]):
+        for model, opt in ((eager_model, eager), (compiled_model, compiled)):
+            set_lr(opt, lrs)
+            opt.zero_grad()
+            (model(x) ** 2).mean().backward()
+            opt.step()
+        for p, q in zip(compiled_model.parameters(), eager_model.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=f"after step {step}")
+    # one graph per parameter group (weights adapt, biases do not), none per new LR
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
