@@ -89,7 +89,7 @@ def counted_flops(mode, n, d, dtype):
     from fastbt.ops import barlow_twins_loss
     z1, z2 = (torch.empty(n, d, device="meta", dtype=dtype, requires_grad=True) for _ in range(2))
     with FlopCounterMode(display=False) as counter:
-        barlow_twins_loss(z1, z2, mode=mode).backward()
+        barlow_twins_loss(z1, z2, LossConfig().lambd, mode=mode).backward()
     return counter.get_total_flops()
 
 

@@ -6,12 +6,14 @@ import torch
 import torch.distributed as dist
 from torch.utils.flop_counter import FlopCounterMode
 
+from fastbt.config import LossConfig
 from fastbt.ops import barlow_twins_loss
 from fastbt.ops.xcorr import choose_mode, loss_cost
 
 import distributed
 
 N, D = 16, 32
+LAMBD = LossConfig().lambd  # the paper's
 
 
 def views(rank=0, world=1):
@@ -24,7 +26,7 @@ def views(rank=0, world=1):
 def counted_flops(mode, group=None, rank=0, world=1) -> int:
     z1, z2 = views(rank, world)
     with FlopCounterMode(display=False) as counter:
-        barlow_twins_loss(z1, z2, mode=mode, group=group).backward()
+        barlow_twins_loss(z1, z2, LAMBD, mode=mode, group=group).backward()
     return counter.get_total_flops()
 
 
