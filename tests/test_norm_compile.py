@@ -48,3 +48,28 @@ def test_compiled_two_view_forward_with_global_bn_has_no_graph_breaks():
         assert graphs == 1
         for c, e in zip(compiled, eager):
             torch.testing.assert_close(c, e, rtol=1e-4, atol=1e-6)
+
+
+def _nccl_compiled_forward(rank, world_size):
+    import torch.distributed as dist
+    from fastbt.norm import use_global_batch_norm
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl", rank=rank, world_size=world_size, device_id=torch.device("cuda", rank))
+    try:
+        torch.manual_seed(0)
+        model = use_global_batch_norm(small_two_view_net().cuda(), torch.device("cuda", rank))
+        views = [torch.randn(4, 3, 12, 12, device="cuda") for _ in range(2)]
+        explained = torch._dynamo.explain(model)(*views)
+        z1, _ = torch.compile(model, fullgraph=True)(*views)
+        z1.sum().backward()
+        return explained.graph_break_count, explained.graph_count
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.gpu
+@pytest.mark.dist
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_global_bn_over_nccl_compiles_with_no_graph_breaks():
+    for breaks, graphs in distributed.run(_nccl_compiled_forward, 2, init_group=False):
+        assert (breaks, graphs) == (0, 1)

@@ -259,3 +259,19 @@ def test_a_bad_path_or_another_format_is_one_clear_error(backend, data, tmp_path
             with pytest.raises(DataError, match=message) as err:
                 build()
             assert "\n" not in str(err.value)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_dali_mixed_decode_gives_the_right_images_on_the_gpu(data):
+    paths, colours, labels = data
+    loader = pipelines.build_loader("dali", paths["dali"], aug=AUG, batch_size=BATCH, device="cuda",
+                                    workers=WORKERS)
+    batches = 0
+    for crops1, crops2, batch_labels in loader.crops:
+        assert crops1.device.type == crops2.device.type == "cuda" and crops1.dtype == torch.uint8
+        assert crops1.shape == (BATCH, 3, AUG.size, AUG.size)
+        for crops in (crops1, crops2):  # both views come from the images the labels name
+            assert (labels[identify(crops.cpu(), colours)] == batch_labels.cpu().numpy()).all()
+        batches += 1
+    assert batches == len(loader)
