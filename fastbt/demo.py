@@ -49,6 +49,7 @@ def run(out: Path, overrides: list[str], fresh: bool = False) -> dict:
 
     from fastbt import config, loop, plot
     from fastbt.demo_data import make_demo_folder
+    from fastbt.eval_config import proportional_resize
     from fastbt.evaluate import KnnEval
     from fastbt.model import build_backbone
     from fastbt.profile import profile
@@ -86,7 +87,7 @@ def run(out: Path, overrides: list[str], fresh: bool = False) -> dict:
     # the online monitor and the final comparison judge at the training resolution (see eval_config)
     cfg_overrides = [f"data.path={beton}", f"train.out_dir={out / 'run'}", f"eval.train={data / 'train'}",
                      f"eval.val={data / 'val'}", f"eval.size={base.aug.size}",
-                     f"eval.resize={round(base.aug.size * 256 / 224)}", *overrides]
+                     f"eval.resize={proportional_resize(base.aug.size)}", *overrides]
     cfg = config.load(CONFIG, cfg_overrides)
     run_dir = loop.pretrain(cfg)
     lap("pretrain")
@@ -129,13 +130,13 @@ def summary(cfg, run_dir: Path, profile_dir: Path, curves: Path, results: dict, 
         f"fastbt demo: Barlow Twins on {cfg.runtime.device}, {cfg.model.arch} at {cfg.aug.size} px, "
         f"batch {cfg.train.batch_size}, {steps} steps ({cfg.train.epochs} epochs)",
         "",
-        f"  {'time':22s} {sum(times.values()) / 60:.1f} min: "
+        f"  {'time':22s} {sum(times.values()) / 60:.1f} min in all: "
         + ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in times.items()),
         f"  {'training speed':22s} {1e3 * cfg.train.batch_size / pairs_per_s:.0f} ms per step, "
         f"{pairs_per_s:.0f} pairs/s (median after warm-up)",
         f"  {'where a step goes':22s} {where} (profile)",
         f"  {'kNN top-1, val':22s} pretrained {pre['top1']:.1f}%, random init {rnd['top1']:.1f}%: "
-        f"+{pre['top1'] - rnd['top1']:.1f} points (chance {100 / num_classes:.0f}%; k={cfg.eval.knn.k}, "
+        f"{pre['top1'] - rnd['top1']:+.1f} points (chance {100 / num_classes:.0f}%; k={cfg.eval.knn.k}, "
         f"{size} px center crops, both)",
         f"  {'kNN top-5, val':22s} pretrained {pre['top5']:.1f}%, random init {rnd['top5']:.1f}%",
         "",

@@ -1,5 +1,6 @@
 """curves.png from a run's log.jsonl, `fastbt plot`, and the optional TensorBoard copy of the log."""
 
+import importlib.util
 import json
 import sys
 
@@ -91,3 +92,48 @@ def test_tensorboard_asked_for_but_not_installed_is_a_config_error(tmp_path, mon
         runlog.RunLog(tmp_path / "log.jsonl", tensorboard_dir=tmp_path / "tb")
     runlog.RunLog(None, tensorboard_dir=tmp_path / "tb")  # ranks that do not log need nothing
     assert not (tmp_path / "tb").exists()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    from fastbt.demo_data import make_demo_folder
+
+    root = tmp_path_factory.mktemp("shapes")
+    make_demo_folder(root, per_class=8, size=40)  # 80 images, 5 steps per epoch at batch 16
+    return root
+
+
+def test_a_preempted_run_draws_its_curves_and_mirrors_its_log_to_tensorboard(images, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from test_loop import TINY
+
+    from fastbt import config, loop
+    from fastbt.step import TrainStep
+
+    tensorboard = importlib.util.find_spec("tensorboard") is not None
+    calls = {"n": 0}
+    real_call = TrainStep.__call__
+
+    def preempted_at_step_3(self, view1, view2):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # the loop's handler sets its flag: no exit here
+        return real_call(self, view1, view2)
+
+    monkeypatch.setattr(TrainStep, "__call__", preempted_at_step_3)
+    run_dir = tmp_path / "run"
+    cfg = config.load(None, [*TINY, f"data.path={images}", f"train.out_dir={run_dir}", "train.epochs=2",
+                             f"logging.tensorboard={str(tensorboard).lower()}"])
+    loop.pretrain(cfg)
+    assert not (run_dir / "backbone.pth").exists()  # stopped early, at the report after step 3
+    assert [r["step"] for r in runlog.read(run_dir / "log.jsonl")] == [1, 2, 3]
+    with Image.open(run_dir / "curves.png") as image:
+        assert image.format == "PNG"
+    if tensorboard:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(run_dir / "tb"))
+        events.Reload()
+        assert [e.step for e in events.Scalars("loss")] == [1, 2, 3]
