@@ -135,7 +135,7 @@ def _eval(args: argparse.Namespace) -> None:
     setup = eval_setup(args.weights, args.config, args.overrides,
                        {"eval.train": args.train, "eval.val": args.val, "model.arch": args.arch})
     cfg = setup.cfg
-    print(f"fastbt eval {args.protocol}: {setup.describe()}", file=sys.stderr, flush=True)
+    print(f"fastbt eval {args.protocol}: {setup.describe()}", flush=True)  # stderr: errors only
     if args.protocol == "knn":
         from fastbt.evaluate import knn_eval
 

@@ -67,7 +67,7 @@ def test_weights_outside_a_run_directory_keep_the_config_defaults(tmp_path):
 def test_eval_knn_prints_and_stores_the_resolution_it_used(shapes, tmp_path, capsys):
     weights = make_run(tmp_path / "run", shapes, "eval.batch_size=32")
     assert main(["eval", "knn", "--weights", str(weights)]) == 0
-    err = capsys.readouterr().err
-    assert "fastbt eval knn: center crops of 32 px (short side resized to 37; the run's aug.size" in err
+    out = capsys.readouterr().out
+    assert "fastbt eval knn: center crops of 32 px (short side resized to 37; the run's aug.size" in out
     result = json.loads((tmp_path / "run" / "backbone_knn.json").read_text())
     assert (result["size"], result["resize"], result["num_train"], result["num_val"]) == (32, 37, 20, 10)
