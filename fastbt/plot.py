@@ -68,7 +68,7 @@ def write_curves(run_dir: str | Path) -> Path:
     for ax in (loss_ax, lr_ax, rate_ax, knn_ax):
         ax.grid(alpha=0.3)
     last = max((r["step"] for r in records), default=0)
-    fig.suptitle(f"{run_dir.resolve().name}: {last} steps logged")
+    fig.suptitle(f"{'/'.join(run_dir.resolve().parts[-2:])}: {last} steps logged")
     path = run_dir / CURVES
     tmp = run_dir / f".{CURVES}.tmp.png"  # a reader never sees a half-written picture
     fig.savefig(tmp, dpi=100)
