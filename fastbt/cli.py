@@ -130,22 +130,15 @@ def _add_inspect(sub) -> None:
     p.set_defaults(func=_inspect)
 
 
-def _eval_config(args: argparse.Namespace):
-    """The config (defaults <- --config <- overrides) with the flags' values set, type-checked."""
-    from fastbt import config
-
-    tree = config.to_dict(config.load(args.config, args.overrides))
-    for key, value in (("eval.train", args.train), ("eval.val", args.val), ("model.arch", args.arch)):
-        if value is not None:
-            section, name = key.split(".")
-            tree[section][name] = value
-    return config.from_dict(tree)
-
-
 def _eval(args: argparse.Namespace) -> None:
     import json
 
-    cfg = _eval_config(args)
+    from fastbt.eval_config import eval_setup
+
+    setup = eval_setup(args.weights, args.config, args.overrides,
+                       {"eval.train": args.train, "eval.val": args.val, "model.arch": args.arch})
+    cfg = setup.cfg
+    print(f"fastbt eval {args.protocol}: {setup.describe()}", flush=True)  # stderr: errors only
     if args.protocol == "knn":
         from fastbt.evaluate import knn_eval
 
@@ -162,7 +155,11 @@ def _add_eval(sub) -> None:
                        description="Evaluate the frozen features of exported weights (backbone.pth) "
                                    "or a checkpoint (ckpt_*.pt) on a labeled train and val set: an "
                                    "image folder or a converted dataset folder. Settings are the "
-                                   "eval.* keys of the config (defaults: configs/base.yaml).")
+                                   "eval.* keys of the config (defaults: configs/base.yaml; for "
+                                   "weights in a run directory, that run's config.yaml). Center "
+                                   "crops default to the resolution the backbone was trained at "
+                                   "(the run's aug.size, resized first by 256/224); the resolution "
+                                   "used is printed and stored in the result.")
     protocols = p.add_subparsers(dest="protocol", metavar="PROTOCOL", required=True)
     knn = protocols.add_parser("knn", help="weighted kNN (cosine, eval.knn.k=20, T=0.07), top-1/top-5",
                                description="Weighted kNN of center-crop features; the result goes "
@@ -176,8 +173,10 @@ def _add_eval(sub) -> None:
         q.add_argument("--train", help="labeled train set (default: eval.train)")
         q.add_argument("--val", help="labeled val set (default: eval.val)")
         q.add_argument("--arch", help="backbone architecture: any torchvision classification model "
-                                      "(fastbt.model.ARCHS), e.g. resnet50 (default: model.arch)")
-        q.add_argument("--config", help="YAML config, e.g. the run's config.yaml (default: none)")
+                                      "(fastbt.model.ARCHS), e.g. resnet50 (default: model.arch of "
+                                      "the config: the run's, else resnet50)")
+        q.add_argument("--config", help="YAML config (default: the config.yaml beside the weights, "
+                                        "if any)")
         q.add_argument("overrides", nargs="*", metavar="key.sub=value",
                        help="override a config value, e.g. eval.linear.epochs=10 runtime.device=cuda")
         q.set_defaults(func=_eval)
@@ -243,19 +242,35 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="the whole job on a generated dataset, on CPU, in minutes",
-                       description="Generate a labeled shapes dataset, convert it to FFCV, pretrain "
-                                   "a small backbone (configs/tiny_cpu.yaml) and compare its kNN "
-                                   "accuracy with a randomly initialized one. Finished steps are "
-                                   "skipped on a second run.")
+    from fastbt import demo  # its heavy imports happen when it runs
+
+    p = sub.add_parser("demo", help=f"the whole job on a generated dataset, on CPU ({demo.EXPECTED})",
+                       description=demo.DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override the demo config")
     p.add_argument("--out", default="runs/demo", help="where everything goes (default %(default)s)")
     p.add_argument("--fresh", action="store_true", help="delete --out first and start over")
     p.set_defaults(func=_demo)
 
 
+def _plot(args: argparse.Namespace) -> None:
+    from fastbt import plot
+
+    print(f"wrote {plot.write_curves(args.run_dir)}")
+
+
+def _add_plot(sub) -> None:
+    p = sub.add_parser("plot", help="draw a run's curves (loss, LR, pairs/s, kNN) into curves.png",
+                       description="Draw RUN_DIR/curves.png from RUN_DIR/log.jsonl: loss and learning "
+                                   "rate per step, pairs/s, and kNN top-1/top-5 per evaluation when "
+                                   "the online monitor is on. Works while the run is still going; "
+                                   "pretraining draws it by itself when it ends or is preempted.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (train.out_dir)")
+    p.set_defaults(func=_plot)
+
+
 # Subcommands, in the order `--help` lists them.
-SUBCOMMANDS = [_add_demo, _add_config, _add_pretrain, _add_export, _add_convert, _add_inspect, _add_eval, _add_profile]
+SUBCOMMANDS = [_add_demo, _add_config, _add_pretrain, _add_plot, _add_export, _add_convert, _add_inspect,
+               _add_eval, _add_profile]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -107,6 +107,7 @@ class RuntimeConfig:
 class LoggingConfig:
     every_steps: int = 50  # host syncs for metrics happen only this often
     progress_bar: bool = True
+    tensorboard: bool = False  # also write log.jsonl's scalars to RUN_DIR/tb (needs fastbt[tensorboard])
 
 
 @dataclass(frozen=True)

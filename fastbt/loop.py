@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from fastbt import checkpoint, config, dist, rundir
+from fastbt import checkpoint, config, dist, plot, rundir
 from fastbt.config import Config
 from fastbt.errors import RunStopped
 from fastbt.evaluate import KnnEval
@@ -91,7 +91,8 @@ def _pretrain(cfg: Config, world: dist.World) -> Path:
                                            derived.steps_per_epoch, cfg))
         return last_checkpoint
 
-    log = RunLog(run_dir / "log.jsonl" if world.is_main else None)
+    log = RunLog(run_dir / "log.jsonl" if world.is_main else None,
+                 tensorboard_dir=run_dir / "tb" if cfg.logging.tensorboard else None)
     dist.print0(world, f"fastbt: {world.size} process(es) on {world.device.type}, "
                        f"{derived.per_device_batch} pairs per process per step, "
                        f"{derived.steps_per_epoch} steps per epoch, {derived.total_steps} steps; "
@@ -152,4 +153,7 @@ def _pretrain(cfg: Config, world: dist.World) -> Path:
     finally:
         preemption.restore()
         bar.close()
+        log.close()
+        if world.is_main:  # at the end, on preemption, on a stop: the run so far in one picture
+            plot.curves_at_exit(run_dir)
 
