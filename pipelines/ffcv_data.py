@@ -15,6 +15,7 @@ import contextlib
 import io
 import os
 import queue
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +25,7 @@ from PIL import Image
 
 from pipelines import manifest
 from pipelines.dali_data import shard_samples
+from pipelines.errors import DISK_FULL, DataError, NoSpace
 
 if TYPE_CHECKING:  # torch and pipelines.loader are imported where used: `convert` needs neither
     import torch
@@ -74,9 +76,15 @@ def _store_encoded_jpeg(destination, value, malloc) -> None:
 
 def write_beton(path: Path, shards: list[Path], workers: int) -> int:
     """Pack the shards' JPEGs and labels into a .beton at `path` (via `path.tmp`, renamed when
-    complete) with FFCV's own DatasetWriter. Returns the number of samples."""
+    complete) with FFCV's own DatasetWriter, watched so that a failing writer process ends the
+    call within a second instead of hanging (`ffcv_writer`). Returns the number of samples.
+
+    Raises NoSpace, before writing, when the free space is below what the .beton may take, or
+    when the disk fills anyway; DataError when a writer process fails otherwise. The .tmp file
+    is removed on any failure."""
     from ffcv.fields import IntField, RGBImageField
-    from ffcv.writer import DatasetWriter
+
+    from pipelines.ffcv_writer import WatchedWriter, WriterFailed
 
     data = _ShardJpegs(shards)
     image = RGBImageField(write_mode="jpg")
@@ -86,11 +94,36 @@ def write_beton(path: Path, shards: list[Path], workers: int) -> int:
     # A sample larger than a page makes FFCV's writer workers fail and its main process wait forever.
     page_size = max(MIN_PAGE_SIZE, 1 << int(data.size.max(initial=0) * 2).bit_length())
     tmp = path.with_name(path.name + ".tmp")
-    writer = DatasetWriter(str(tmp), {IMAGE_FIELD: image, LABEL_FIELD: IntField()},
+    writer = WatchedWriter(str(tmp), {IMAGE_FIELD: image, LABEL_FIELD: IntField()},
                            page_size=page_size, num_workers=workers)
-    writer.from_indexed_dataset(data)
+    bound = beton_size_bound(data.size, writer.metadata_type.itemsize, page_size, workers)
+    free = shutil.disk_usage(path.parent).free
+    if bound > free:
+        raise NoSpace(tmp, bound - free)
+    try:
+        writer.from_indexed_dataset(data)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)  # of no use, and maybe what filled the disk
+        if isinstance(err, OSError) and err.errno in DISK_FULL:
+            raise NoSpace(err.filename or tmp, bound - shutil.disk_usage(path.parent).free,
+                          os.strerror(err.errno)) from None
+        if isinstance(err, WriterFailed):
+            raise DataError(f"{tmp}: {err}; the finished shards are kept: rerun to resume") from None
+        raise
     os.replace(tmp, path)
     return len(data)
+
+
+def beton_size_bound(sizes: np.ndarray, metadata_bytes: int, page_size: int, workers: int) -> int:
+    """The most bytes ffcv 1.0.2's writer can make of samples with these JPEG sizes: a header,
+    the metadata, then whole pages (each worker fills its own; a sample never straddles two, so a
+    page wastes less than the largest sample) and the allocation table (24 bytes a sample)."""
+    from ffcv.types import ALLOC_TABLE_TYPE, FieldDescType, HeaderType
+
+    start = HeaderType.itemsize + 2 * FieldDescType.itemsize + len(sizes) * metadata_bytes
+    usable = page_size - int(sizes.max(initial=0))
+    pages = -(-int(sizes.sum()) // usable) + workers
+    return -(-start // page_size) * page_size + pages * page_size + len(sizes) * ALLOC_TABLE_TYPE.itemsize
 
 
 # ---- reading a .beton without a Loader (inspect) ---------------------------------------------
