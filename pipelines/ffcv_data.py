@@ -128,14 +128,43 @@ def beton_size_bound(sizes: np.ndarray, metadata_bytes: int, page_size: int, wor
 
 # ---- reading a .beton without a Loader (inspect) ---------------------------------------------
 
+def check_header(path: Path) -> None:
+    """Check a .beton's header against what fastbt writes and against the file's size, before
+    ffcv's Reader allocates what the header says (a corrupt count once asked for 1.49 EiB).
+    Raises ValueError naming the field at fault."""
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.types import CURRENT_VERSION, FieldDescType, HeaderType, TYPE_ID_HANDLER, get_metadata_type
+
+    size = os.path.getsize(path)
+    fields_end = HeaderType.itemsize + 2 * FieldDescType.itemsize
+    if size < fields_end:
+        raise ValueError(f"{path}: {size} bytes, too short for a .beton header")
+    header = np.fromfile(path, HeaderType, count=1)[0]
+    if header["version"] != CURRENT_VERSION:
+        raise ValueError(f"{path}: format version {header['version']}, expected {CURRENT_VERSION}")
+    if header["num_fields"] != 2:
+        raise ValueError(f"{path}: header says {header['num_fields']} fields, a fastbt .beton has 2 (image, label)")
+    type_ids = np.fromfile(path, FieldDescType, count=2, offset=HeaderType.itemsize)["type_id"].tolist()
+    expected = [k for t in (RGBImageField, IntField) for k, v in TYPE_ID_HANDLER.items() if v is t]
+    if type_ids != expected:
+        raise ValueError(f"{path}: field type ids {type_ids}, expected {expected} (RGBImageField, IntField)")
+    per_sample = get_metadata_type([RGBImageField(), IntField()]).itemsize
+    if header["num_samples"] > (size - fields_end) // per_sample:
+        raise ValueError(f"{path}: header says {header['num_samples']} samples, more than its {size} bytes hold")
+    if not fields_end + header["num_samples"] * per_sample <= header["alloc_table_ptr"] <= size:
+        raise ValueError(f"{path}: allocation table at byte {header['alloc_table_ptr']}, outside the "
+                         f"file's data ({size} bytes)")
+
+
 def beton_contents(path: Path):
     """(labels, widths, heights, jpeg(i)) of a .beton, read with FFCV's own Reader (no JIT).
     Raises ValueError when the file's structure does not hold together."""
     from ffcv.reader import Reader
 
+    check_header(path)
     try:
         reader = Reader(str(path))
-    except (ValueError, AssertionError, IndexError, OSError) as err:
+    except (ValueError, AssertionError, IndexError, KeyError, TypeError, OSError) as err:
         raise ValueError(f"{path}: not a readable .beton ({type(err).__name__}: {err})") from None
     if reader.field_names != [IMAGE_FIELD, LABEL_FIELD]:
         raise ValueError(f"{path}: fields {reader.field_names}, expected {[IMAGE_FIELD, LABEL_FIELD]}")
@@ -162,7 +191,12 @@ def beton_contents(path: Path):
 
 def _dataset(path) -> tuple[manifest.Manifest, str]:
     m = manifest.load(path, format="ffcv")
-    return m, str(m.data_paths()[0])
+    beton = m.data_paths()[0]
+    try:
+        check_header(beton)
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    return m, str(beton)
 
 
 def _largest_sample(beton: str) -> int:
@@ -252,6 +286,7 @@ class FFCVCrops:
 
         m, beton = _dataset(path)
         self.dataset_size, self.num_classes = m.num_images, len(m.classes)
+        self.beton = beton
         self.epoch = 0
         device = torch.device(device)
         workers = _threads(workers)
@@ -272,6 +307,9 @@ class FFCVCrops:
         self.crops.epoch = self.epoch
         self.loader.next_epoch = self.epoch  # ffcv counts epochs itself; make it follow set_epoch
         for pairs, labels in _Batches(self.loader):  # pairs: (N, 2, H, W, C)
+            if self.crops.undecodable:  # set before FFCV queued this batch
+                raise DataError(f"{self.beton}: sample {self.crops.undecodable[0]}: the stored JPEG does not "
+                                "decode (corrupt .beton?); `fastbt inspect` lists every bad sample")
             yield _nchw(pairs[:, 0]), _nchw(pairs[:, 1]), _owned(labels)
 
 

@@ -100,7 +100,7 @@ def manifest_path(path: str | os.PathLike) -> Path:
 def read(path: str | os.PathLike) -> Manifest:
     """Parse and validate a manifest; DataError names the file and the key or value at fault."""
     if not os.path.lexists(path):
-        raise DataError(f"no such dataset: {path}")
+        raise DataError(f"no such dataset: {path} (nothing there, so no manifest)")
     mpath = manifest_path(path)
     if not mpath.is_file():
         folder = mpath.parent.resolve()  # "." has no name to add ".partial" to

@@ -102,7 +102,7 @@ def _verify_dali(m: manifest.Manifest, chosen: set[int] | None, skip: dict[Path,
             continue
         try:
             samples, index = dali_data.shard_samples(tar), dali_data.read_index(idx)
-        except (tarfile.TarError, ValueError, OSError) as err:
+        except (tarfile.TarError, ValueError, IndexError, OSError) as err:
             problems.append(f"{tar}: cannot be read ({err})")
             position += f.samples
             continue
