@@ -321,7 +321,7 @@ def _manifest(source: Source, options: Options, results: list[ShardResult],
                + [{"path": path, "reason": why, "kind": "unreadable"} for path, why in _unreadable(source, results)])
     return manifest.Manifest(
         format=options.format, options=options.recorded(),
-        classes=source.class_to_idx, images_per_class={c: counts[i] for i, c in enumerate(source.classes)},
+        classes=source.class_to_idx, images_per_class={c: counts[i] for c, i in source.class_to_idx.items()},
         num_images=sum(counts.values()), files=tuple(files), skipped=tuple(skipped),
         source=printable(source.root), fastbt_version=manifest.fastbt_version(), created=manifest.now())
 
