@@ -208,10 +208,26 @@ def _read_journal(journal: Path) -> tuple[dict, dict[int, ShardResult]]:
 _files_done = None  # in each worker: a shared counter of files processed, for the progress bar
 
 
-def _init_worker(counter) -> None:
+def _init_worker(counter, pids) -> None:
     global _files_done
     _files_done = counter
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the main process alone
+    with pids.get_lock():  # the pool's first workers note their pid (see _a_worker_died)
+        free = [i for i, pid in enumerate(pids) if pid == 0]
+        if free:
+            pids[free[0]] = os.getpid()
+
+
+def _a_worker_died(pids) -> bool:
+    """A pool worker that is killed (e.g. out of memory) is replaced, and its shard is never
+    returned: without this check the main process would wait for it forever."""
+    for pid in pids:
+        try:
+            if pid:
+                os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+    return False
 
 
 def _count_file() -> None:
@@ -235,18 +251,21 @@ def _write_shards(jobs: list[ShardJob], source: Source, folder: Path, options: O
     if not jobs:
         return []
     results = []
-    counter = multiprocessing.Value("q", 0)
+    counter, n = multiprocessing.Value("q", 0), min(workers, len(jobs))
+    pids = multiprocessing.Array("q", n)
     bar = tqdm(total=len(source.samples), initial=done, unit="img", desc="convert", smoothing=0.05,
                disable=not progress, file=sys.stderr)
     work = functools.partial(_write_shard, src_root=source.root, folder=folder,
                              max_side=options.max_resolution, quality=options.jpeg_quality)
-    with bar, multiprocessing.Pool(min(workers, len(jobs)), _init_worker, (counter,)) as pool:
+    with bar, multiprocessing.Pool(n, _init_worker, (counter, pids)) as pool:
         pending = pool.imap_unordered(work, jobs)
         while len(results) < len(jobs):
             try:
                 result = pending.next(timeout=0.2)
             except multiprocessing.TimeoutError:
-                pass
+                if _a_worker_died(pids):
+                    raise DataError(f"a shard writer process died (killed, e.g. out of memory?); finished "
+                                    f"shards are kept in {printable(folder)}: rerun to resume") from None
             else:
                 dali_data.commit_shard(folder, result)
                 _append(journal, result.to_json())

@@ -303,3 +303,14 @@ def test_dali_shard_writer_failing_with_enospc_ends_in_one_line_and_resumes(src,
     assert "out.partial/shard-000002" in result.stderr
     rerun = _run(_convert_code(src, tmp_path / "out", "dali", 2))
     assert rerun.returncode == 0 and "resume: 2 finished shard(s)" in rerun.stdout
+
+
+def test_a_killed_shard_writer_ends_in_one_line_and_resumes(src, tmp_path):
+    kill = FULL_SHARD.replace("raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))",
+                              "import signal; os.kill(os.getpid(), signal.SIGKILL)")
+    result = _run(_convert_code(src, tmp_path / "out", "dali", 2, patch=kill.replace(
+        'os.environ.get("FULL_AFTER", "0")', '"5"')), timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "a shard writer process died" in _one_error_line(result.stderr)
+    rerun = _run(_convert_code(src, tmp_path / "out", "dali", 2))
+    assert rerun.returncode == 0 and manifest.load(tmp_path / "out").num_images == 24

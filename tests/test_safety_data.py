@@ -4,11 +4,13 @@ image in a DataLoader worker, a mistyped dataset path. Each ends in a listed rea
 one-line error (exit 2), never in a traceback, a hang, or silently wrong samples.
 """
 
+import contextlib
 import errno
 import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -53,6 +55,21 @@ def converted(tmp_path_factory):
 
 # ---- 8: symlink loops and second links -------------------------------------------------------
 
+@contextlib.contextmanager
+def _within(seconds: float):
+    """Fail, not hang, if the block runs longer (a scan that follows loops grows exponentially)."""
+    def too_long(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, too_long)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def test_symlink_loops_and_second_links_are_read_once_and_listed(tmp_path):
     src = tmp_path / "src"
     make_image_folder(src, classes=("a", "b", "c"), per_class=4)
@@ -66,7 +83,8 @@ def test_symlink_loops_and_second_links_are_read_once_and_listed(tmp_path):
     (src / "a" / "ext").symlink_to(outside / "x")  # a plain symlinked folder: followed, once
     (src / "b" / "ext_again").symlink_to(outside / "x")
 
-    scanned = source.scan(src)
+    with _within(30):
+        scanned = source.scan(src)
     paths = [s.path for s in scanned.samples]
     assert len(paths) == len(set(paths)) == 14  # 12 + the 2 linked ones, each once
     assert sorted((s.path.split("/")[0], s.label) for s in scanned.samples) == sorted(
