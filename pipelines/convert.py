@@ -106,7 +106,7 @@ def _build(source: Source, partial: Path, shard_dir: Path, options: Options, wor
     if options.format == "ffcv":
         shards = [shard_dir / r.tar for r in results if r.samples]
         beton = partial / ffcv_data.BETON_NAME
-        n = ffcv_data.write_beton(beton, shards, workers)
+        n = ffcv_data.write_beton(beton, shards, workers, progress)
         files = [manifest.DataFile(beton.name, beton.stat().st_size, n)]
     else:
         files = [manifest.DataFile(r.tar, r.bytes, r.samples, r.idx) for r in results if r.samples]

@@ -74,7 +74,7 @@ def _store_encoded_jpeg(destination, value, malloc) -> None:
     storage[:] = data
 
 
-def write_beton(path: Path, shards: list[Path], workers: int) -> int:
+def write_beton(path: Path, shards: list[Path], workers: int, progress: bool = True) -> int:
     """Pack the shards' JPEGs and labels into a .beton at `path` (via `path.tmp`, renamed when
     complete) with FFCV's own DatasetWriter, watched so that a failing writer process ends the
     call within a second instead of hanging (`ffcv_writer`). Returns the number of samples.
@@ -96,6 +96,7 @@ def write_beton(path: Path, shards: list[Path], workers: int) -> int:
     tmp = path.with_name(path.name + ".tmp")
     writer = WatchedWriter(str(tmp), {IMAGE_FIELD: image, LABEL_FIELD: IntField()},
                            page_size=page_size, num_workers=workers)
+    writer.progress = progress
     bound = beton_size_bound(data.size, writer.metadata_type.itemsize, page_size, workers)
     free = shutil.disk_usage(path.parent).free
     if bound > free:

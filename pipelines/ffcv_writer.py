@@ -40,7 +40,10 @@ def _reporting(failures: SimpleQueue, work_fn, *args) -> None:
 
 
 class WatchedWriter(DatasetWriter):
-    """ffcv.writer.DatasetWriter whose waits watch its workers (see the module docstring)."""
+    """ffcv.writer.DatasetWriter whose waits watch its workers (see the module docstring).
+    `progress`: show a progress bar on stderr."""
+
+    progress = True
 
     def _write_common(self, num_samples, queue_content, work_fn, extra_worker_args):
         # As ffcv 1.0.2's _write_common, but the waits go through _wait_for_allocations.
@@ -77,7 +80,7 @@ class WatchedWriter(DatasetWriter):
     def _wait_for_allocations(self, workers, allocations: Queue, failures: SimpleQueue, done) -> list:
         """Every worker's allocation table (each sends one when it has written all its pages)."""
         table, received = [], 0
-        with tqdm(total=self.num_samples, desc="pack", unit="img") as bar:
+        with tqdm(total=self.num_samples, desc="pack", unit="img", disable=not self.progress) as bar:
             while received < len(workers):
                 try:
                     table.extend(allocations.get(timeout=POLL))

@@ -55,14 +55,18 @@ def converted(tmp_path_factory):
 
 # ---- 8: symlink loops and second links -------------------------------------------------------
 
+class _TooLong(Exception):
+    """Not an OSError, which os.walk would swallow."""
+
+
 @contextlib.contextmanager
 def _within(seconds: float):
     """Fail, not hang, if the block runs longer (a scan that follows loops grows exponentially)."""
     def too_long(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s")
+        raise _TooLong(f"still running after {seconds} s")
 
     previous = signal.signal(signal.SIGALRM, too_long)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, seconds, 1.0)  # and every second after, until it stops
     try:
         yield
     finally:
