@@ -17,7 +17,6 @@ creates with a unique name, and only that folder is removed.
 
 from __future__ import annotations
 
-import errno
 import functools
 import hashlib
 import json
