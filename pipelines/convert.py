@@ -6,9 +6,14 @@
 
 The dataset is built in `OUT.partial/` and renamed to OUT only when complete, so OUT is either
 absent or finished. `OUT.partial/journal.jsonl` holds the plan (source, options) and a line per
-finished shard: after an interruption the same command verifies and keeps those shards and writes
-the rest. An existing OUT is replaced only with `overwrite`, and only if it is a fastbt dataset.
-For FFCV the shards are an intermediate (in `OUT.partial/shards/`), deleted once packed.
+finished shard: after an interruption (or a full disk, reported in one line) the same command
+verifies and keeps those shards and writes the rest. For FFCV the shards are an intermediate
+(in `OUT.partial/shards/`), deleted once packed.
+
+What is never deleted: an existing OUT is replaced only with `overwrite`, only if it holds a fastbt
+manifest and nothing but the files it lists (checked again just before the swap), and never when
+SRC and OUT (or OUT.partial) contain one another; the old OUT is moved into a folder this run
+creates with a unique name, and only that folder is removed.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -28,10 +34,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipelines import dali_data, ffcv_data, manifest, shards
+from pipelines.errors import DISK_FULL, DataError, NoSpace
 from pipelines.shards import ShardJob, ShardResult
-from pipelines.errors import DataError
 from pipelines.options import Options
-from pipelines.source import Source, scan
+from pipelines.source import Source, printable, scan
 
 JOURNAL_NAME = "journal.jsonl"
 SPOOL_NAME = "shards"  # FFCV only: where the shards wait to be packed
@@ -48,17 +54,45 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, options: Options, *,
     `log` receives the notices and the one-line summary; the progress bar goes to stderr.
     """
     options.check()
-    src, out = Path(src).resolve(), Path(out).resolve()
+    src, out = Path(src).resolve(), Path(out).resolve()  # symlinks resolved: containment is real
     partial = out.with_name(out.name + ".partial")
-    _check_destination(src, out, overwrite)
+    _check_destination(src, out, partial, overwrite)
     if workers is not None and workers < 1:
         raise DataError(f"workers {workers}: expected 1 or more")
     workers = workers or len(os.sched_getaffinity(0))
     start = time.perf_counter()
 
     source = scan(src, options.limit)
-    plan = {"source": str(src), **options.plan(), "fingerprint": _fingerprint(source)}
     shard_dir = partial / SPOOL_NAME if options.format == "ffcv" else partial
+    try:
+        kept, n_todo = _build(source, partial, shard_dir, options, workers, overwrite, progress, log)
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise
+        for leftover in shard_dir.glob("*.tmp"):  # shards cut short: free their space now
+            leftover.unlink(missing_ok=True)
+        raise NoSpace(err.filename or partial, _space_missing(source, options, partial),
+                      os.strerror(err.errno)) from None
+    _check_destination(src, out, partial, overwrite)  # again: OUT may have changed meanwhile
+    _move_into_place(partial, out)
+
+    m = manifest.read(out)
+    empty = [name for name, n in m.images_per_class.items() if n == 0]
+    if empty:
+        log(f"note: {len(empty)} class folder(s) without a readable image keep their label: "
+            f"{', '.join(empty[:5])}")
+    seconds = time.perf_counter() - start
+    what = f"{len(m.files)} shards" if options.format == "dali" else m.files[0].path
+    log(f"converted {m.num_images} of {len(source.samples)} image files ({m.count('unreadable')} unreadable, "
+        f"{m.count('ignored')} other files ignored) in {seconds:.1f} s ({n_todo / seconds:.0f} files/s"
+        f"{', resumed' if kept else ''}) -> {printable(out)}: {what}, {sum(f.bytes for f in m.files) / 1e6:.1f} MB")
+    return m
+
+
+def _build(source: Source, partial: Path, shard_dir: Path, options: Options, workers: int,
+           overwrite: bool, progress: bool, log) -> tuple[dict, int]:
+    """Write the whole dataset into `partial`: returns the shards resumed and the files read."""
+    plan = {"source": str(source.root), **options.plan(), "fingerprint": _fingerprint(source)}
     kept = _open_partial(partial, shard_dir, plan, options.format, overwrite, log)
     jobs = shards.shard_jobs(source.samples, options.shard_size, options.seed)
     todo = [job for job in jobs if job.index not in kept]
@@ -72,43 +106,38 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, options: Options, *,
     if options.format == "ffcv":
         tars = [shard_dir / r.tar for r in results if r.samples]
         beton = partial / ffcv_data.BETON_NAME
-        n = ffcv_data.write_beton(beton, tars, workers)
+        n = ffcv_data.write_beton(beton, tars, workers, progress)
         files = [manifest.DataFile(beton.name, beton.stat().st_size, n)]
     else:
         files = [manifest.DataFile(r.tar, r.bytes, r.samples, dali_data.index_name(r))
                  for r in results if r.samples]
     manifest.write(partial, _manifest(source, options, results, files))
-    _move_into_place(partial, out)
-
-    m = manifest.read(out)
-    empty = [name for name, n in m.images_per_class.items() if n == 0]
-    if empty:
-        log(f"note: {len(empty)} class folder(s) without a readable image keep their label: "
-            f"{', '.join(empty[:5])}")
-    seconds = time.perf_counter() - start
-    what = f"{len(m.files)} shards" if options.format == "dali" else m.files[0].path
-    log(f"converted {m.num_images} of {len(source.samples)} image files ({m.count('unreadable')} unreadable, "
-        f"{m.count('ignored')} other files ignored) in {seconds:.1f} s ({n_todo / seconds:.0f} files/s"
-        f"{', resumed' if kept else ''}) -> {out}: {what}, {sum(f.bytes for f in m.files) / 1e6:.1f} MB")
-    return m
+    return kept, n_todo
 
 
-def _check_destination(src: Path, out: Path, overwrite: bool) -> None:
-    if out == src or src in out.parents:
-        raise DataError(f"{out}: inside the source folder {src}; it would be read as a class")
+def _check_destination(src: Path, out: Path, partial: Path, overwrite: bool) -> None:
+    """Refuse any destination whose writing or replacing could delete what is not ours."""
+    for path in (out, partial):
+        if path == src or src in path.parents:
+            raise DataError(f"{path}: inside the source folder {src}; it would be read as a class")
+        if path in src.parents:
+            raise DataError(f"{src}: the source is inside {path}, which the conversion writes or replaces")
     if not out.exists():
         return
     if not overwrite:
         raise DataError(f"{out}: already exists; pass --overwrite to replace it")
-    if not (out.is_dir() and ((out / manifest.MANIFEST_NAME).is_file() or not any(out.iterdir()))):
-        raise DataError(f"{out}: exists and is not a fastbt dataset; refusing to replace it")
+    if not out.is_dir():
+        raise DataError(f"{out}: exists and is not a fastbt dataset (not a folder); refusing to replace it")
+    why = manifest.why_not_replaceable(out) if any(out.iterdir()) else None
+    if why:
+        raise DataError(f"{out}: exists and is not a fastbt dataset; refusing to replace it ({why})")
 
 
 def _fingerprint(source: Source) -> str:
     """Identifies the list of samples, so a resumed run cannot mix two different sources."""
-    h = hashlib.sha256("\n".join(source.classes).encode())
+    h = hashlib.sha256(os.fsencode("\n".join(source.classes)))  # names as bytes: any encoding
     for s in source.samples:
-        h.update(f"\n{s.label}\t{s.path}".encode())
+        h.update(os.fsencode(f"\n{s.label}\t{s.path}"))
     return h.hexdigest()[:16]
 
 
@@ -129,10 +158,10 @@ def _open_partial(partial: Path, shard_dir: Path, plan: dict, fmt: str, overwrit
             for index, result in finished.items():
                 problem = _check_shard(shard_dir, result, fmt)
                 if problem:
-                    log(f"resume: redoing shard {index}: {problem}")
+                    log(f"resume: redoing shard {index}: {printable(problem)}")
                 else:
                     kept[index] = result
-            log(f"resume: {len(kept)} finished shard(s) in {partial} verified and kept")
+            log(f"resume: {len(kept)} finished shard(s) in {printable(partial)} verified and kept")
             shard_dir.mkdir(exist_ok=True)
             if not journal.is_file():
                 _append(journal, {"plan": plan})
@@ -175,10 +204,26 @@ def _read_journal(journal: Path) -> tuple[dict, dict[int, ShardResult]]:
 _files_done = None  # in each worker: a shared counter of files processed, for the progress bar
 
 
-def _init_worker(counter) -> None:
+def _init_worker(counter, pids) -> None:
     global _files_done
     _files_done = counter
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the main process alone
+    with pids.get_lock():  # the pool's first workers note their pid (see _a_worker_died)
+        free = [i for i, pid in enumerate(pids) if pid == 0]
+        if free:
+            pids[free[0]] = os.getpid()
+
+
+def _a_worker_died(pids) -> bool:
+    """A pool worker that is killed (e.g. out of memory) is replaced, and its shard is never
+    returned: without this check the main process would wait for it forever."""
+    for pid in pids:
+        try:
+            if pid:
+                os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+    return False
 
 
 def _count_file() -> None:
@@ -191,9 +236,14 @@ def _count_file() -> None:
 
 def _write_shard(job: ShardJob, src_root: Path, folder: Path, max_side: int, quality: int,
                  fmt: str) -> ShardResult:
-    result = shards.write_shard(job, src_root, folder, max_side, quality, on_file=_count_file)
-    if fmt == "dali" and result.samples:
-        dali_data.write_index(folder, result)
+    try:
+        result = shards.write_shard(job, src_root, folder, max_side, quality, on_file=_count_file)
+        if fmt == "dali" and result.samples:
+            dali_data.write_index(folder, result)
+    except OSError as err:  # a full disk mid-tar names no file: name the shard's
+        if err.filename is not None:
+            raise
+        raise OSError(err.errno, err.strerror, str(folder / shards.shard_name(job.index))) from None
     return result
 
 
@@ -213,18 +263,21 @@ def _write_shards(jobs: list[ShardJob], source: Source, folder: Path, options: O
     if not jobs:
         return []
     results = []
-    counter = multiprocessing.Value("q", 0)
+    counter, n = multiprocessing.Value("q", 0), min(workers, len(jobs))
+    pids = multiprocessing.Array("q", n)
     bar = tqdm(total=len(source.samples), initial=done, unit="img", desc="convert", smoothing=0.05,
                disable=not progress, file=sys.stderr)
     work = functools.partial(_write_shard, src_root=source.root, folder=folder,
                              max_side=options.max_resolution, quality=options.jpeg_quality, fmt=options.format)
-    with bar, multiprocessing.Pool(min(workers, len(jobs)), _init_worker, (counter,)) as pool:
+    with bar, multiprocessing.Pool(n, _init_worker, (counter, pids)) as pool:
         pending = pool.imap_unordered(work, jobs)
         while len(results) < len(jobs):
             try:
                 result = pending.next(timeout=0.2)
             except multiprocessing.TimeoutError:
-                pass
+                if _a_worker_died(pids):
+                    raise DataError(f"a shard writer process died (killed, e.g. out of memory?); finished "
+                                    f"shards are kept in {printable(folder)}: rerun to resume") from None
             else:
                 shards.commit_shard(folder, result, _companions(result, options.format))
                 _append(journal, result.to_json())
@@ -233,11 +286,37 @@ def _write_shards(jobs: list[ShardJob], source: Source, folder: Path, options: O
     return results
 
 
+def _space_missing(source: Source, options: Options, partial: Path) -> int:
+    """About how many bytes the unfinished work needs beyond the free space (for a full disk's
+    message): the shards still to write at the size per file of those written (or of the source
+    files, before any), plus for FFCV the .beton, which copies every shard once."""
+    journal = partial / JOURNAL_NAME
+    finished = _read_journal(journal)[1].values() if journal.is_file() else ()
+    written = sum(r.bytes for r in finished)
+    tried = sum(r.samples + len(r.skipped) for r in finished)
+    if tried:
+        per_file = written / tried
+    else:
+        some = source.samples[:: max(1, len(source.samples) // 100)]
+        per_file = sum(_size(source.root / s.path) for s in some) / max(1, len(some))
+    needed = (len(source.samples) - tried) * per_file
+    if options.format == "ffcv":
+        needed += written + needed
+    return int(needed - shutil.disk_usage(partial if partial.exists() else partial.parent).free)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 # ---- finishing -------------------------------------------------------------------------------
 
 def _check_unreadable(source: Source, results: list[ShardResult], max_fraction: float, partial: Path) -> None:
-    unreadable = [(path, why) for r in results for path, why in r.skipped]
-    tried, readable = len(source.samples), sum(r.samples for r in results)
+    unreadable = _unreadable(source, results)
+    tried, readable = len(source.samples) + len(source.unreadable), sum(r.samples for r in results)
     if not tried:
         raise DataError(f"{source.root}: no image files in its class folders")
     if readable and len(unreadable) <= max_fraction * tried:
@@ -245,7 +324,7 @@ def _check_unreadable(source: Source, results: list[ShardResult], max_fraction: 
     listing = partial / UNREADABLE_LIST
     listing.write_text("".join(f"{path}\t{why}\n" for path, why in unreadable))
     for path, why in unreadable[:SHOW_UNREADABLE]:
-        print(f"unreadable: {source.root / path}: {why}", file=sys.stderr)
+        print(f"unreadable: {printable(source.root)}/{path}: {why}", file=sys.stderr)
     if len(unreadable) > SHOW_UNREADABLE:
         print(f"... and {len(unreadable) - SHOW_UNREADABLE} more", file=sys.stderr)
     if not readable:
@@ -256,29 +335,37 @@ def _check_unreadable(source: Source, results: list[ShardResult], max_fraction: 
                     "to accept them")
 
 
+def _unreadable(source: Source, results: list[ShardResult]) -> list[tuple[str, str]]:
+    """(printable path, reason) of the folders that could not be listed and the files that could
+    not be read."""
+    found = [(s.path, s.reason) for s in source.unreadable] + [x for r in results for x in r.skipped]
+    return [(printable(path), printable(why)) for path, why in found]
+
+
 def _manifest(source: Source, options: Options, results: list[ShardResult],
               files: list[manifest.DataFile]) -> manifest.Manifest:
     counts = Counter()
     for r in results:
         counts.update(r.label_counts)
-    skipped = ([{"path": s.path, "reason": s.reason, "kind": s.kind} for s in source.ignored]
-               + [{"path": path, "reason": why, "kind": "unreadable"}
-                  for r in results for path, why in r.skipped])
+    skipped = ([{"path": printable(s.path), "reason": printable(s.reason), "kind": s.kind}
+                for s in source.ignored]
+               + [{"path": path, "reason": why, "kind": "unreadable"} for path, why in _unreadable(source, results)])
     return manifest.Manifest(
         format=options.format, options=options.recorded(),
-        classes=source.class_to_idx, images_per_class={c: counts[i] for i, c in enumerate(source.classes)},
+        classes=source.class_to_idx, images_per_class={c: counts[i] for c, i in source.class_to_idx.items()},
         num_images=sum(counts.values()), files=tuple(files), skipped=tuple(skipped),
-        source=str(source.root), fastbt_version=manifest.fastbt_version(), created=manifest.now())
+        source=printable(source.root), fastbt_version=manifest.fastbt_version(), created=manifest.now())
 
 
 def _move_into_place(partial: Path, out: Path) -> None:
-    """Rename the finished OUT.partial to OUT (replacing an old OUT), then drop the work files."""
+    """Rename the finished OUT.partial to OUT, then drop the work files. An old OUT (checked to be
+    a fastbt dataset) is first moved into a folder with a unique name made by this run, so the
+    only thing removed afterwards is that folder: never a name a user may have chosen."""
     if out.exists():
-        old = out.with_name(out.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(out, old)
+        replaced = Path(tempfile.mkdtemp(prefix=f".{out.name}.replaced-", dir=out.parent))
+        os.rename(out, replaced / out.name)
         os.rename(partial, out)
-        shutil.rmtree(old)
+        shutil.rmtree(replaced)
     else:
         os.rename(partial, out)
     (out / JOURNAL_NAME).unlink()

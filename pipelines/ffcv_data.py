@@ -16,6 +16,7 @@ import contextlib
 import io
 import os
 import queue
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from pipelines import manifest
+from pipelines.errors import DISK_FULL, DataError, NoSpace
 from pipelines.shards import shard_samples
 
 if TYPE_CHECKING:  # torch and pipelines.loader are imported where used: `convert` needs neither
@@ -73,11 +75,17 @@ def _store_encoded_jpeg(destination, value, malloc) -> None:
     storage[:] = data
 
 
-def write_beton(path: Path, shards: list[Path], workers: int) -> int:
+def write_beton(path: Path, shards: list[Path], workers: int, progress: bool = True) -> int:
     """Pack the shards' JPEGs and labels into a .beton at `path` (via `path.tmp`, renamed when
-    complete) with FFCV's own DatasetWriter. Returns the number of samples."""
+    complete) with FFCV's own DatasetWriter, watched so that a failing writer process ends the
+    call within a second instead of hanging (`ffcv_writer`). Returns the number of samples.
+
+    Raises NoSpace, before writing, when the free space is below what the .beton may take, or
+    when the disk fills anyway; DataError when a writer process fails otherwise. The .tmp file
+    is removed on any failure."""
     from ffcv.fields import IntField, RGBImageField
-    from ffcv.writer import DatasetWriter
+
+    from pipelines.ffcv_writer import WatchedWriter, WriterFailed
 
     data = _ShardJpegs(shards)
     image = RGBImageField(write_mode="jpg")
@@ -87,23 +95,78 @@ def write_beton(path: Path, shards: list[Path], workers: int) -> int:
     # A sample larger than a page makes FFCV's writer workers fail and its main process wait forever.
     page_size = max(MIN_PAGE_SIZE, 1 << int(data.size.max(initial=0) * 2).bit_length())
     tmp = path.with_name(path.name + ".tmp")
-    writer = DatasetWriter(str(tmp), {IMAGE_FIELD: image, LABEL_FIELD: IntField()},
+    writer = WatchedWriter(str(tmp), {IMAGE_FIELD: image, LABEL_FIELD: IntField()},
                            page_size=page_size, num_workers=workers)
-    writer.from_indexed_dataset(data)
+    writer.progress = progress
+    bound = beton_size_bound(data.size, writer.metadata_type.itemsize, page_size, workers)
+    free = shutil.disk_usage(path.parent).free
+    if bound > free:
+        raise NoSpace(tmp, bound - free)
+    try:
+        writer.from_indexed_dataset(data)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)  # of no use, and maybe what filled the disk
+        if isinstance(err, OSError) and err.errno in DISK_FULL:
+            raise NoSpace(err.filename or tmp, bound - shutil.disk_usage(path.parent).free,
+                          os.strerror(err.errno)) from None
+        if isinstance(err, WriterFailed):
+            raise DataError(f"{tmp}: {err}; the finished shards are kept: rerun to resume") from None
+        raise
     os.replace(tmp, path)
     return len(data)
 
 
+def beton_size_bound(sizes: np.ndarray, metadata_bytes: int, page_size: int, workers: int) -> int:
+    """The most bytes ffcv 1.0.2's writer can make of samples with these JPEG sizes: a header,
+    the metadata, then whole pages (each worker fills its own; a sample never straddles two, so a
+    page wastes less than the largest sample) and the allocation table (24 bytes a sample)."""
+    from ffcv.types import ALLOC_TABLE_TYPE, FieldDescType, HeaderType
+
+    start = HeaderType.itemsize + 2 * FieldDescType.itemsize + len(sizes) * metadata_bytes
+    usable = page_size - int(sizes.max(initial=0))
+    pages = -(-int(sizes.sum()) // usable) + workers
+    return -(-start // page_size) * page_size + pages * page_size + len(sizes) * ALLOC_TABLE_TYPE.itemsize
+
+
 # ---- reading a .beton without a Loader (inspect) ---------------------------------------------
+
+def check_header(path: Path) -> None:
+    """Check a .beton's header against what fastbt writes and against the file's size, before
+    ffcv's Reader allocates what the header says (a corrupt count once asked for 1.49 EiB).
+    Raises ValueError naming the field at fault."""
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.types import CURRENT_VERSION, FieldDescType, HeaderType, TYPE_ID_HANDLER, get_metadata_type
+
+    size = os.path.getsize(path)
+    fields_end = HeaderType.itemsize + 2 * FieldDescType.itemsize
+    if size < fields_end:
+        raise ValueError(f"{path}: {size} bytes, too short for a .beton header")
+    header = np.fromfile(path, HeaderType, count=1)[0]
+    if header["version"] != CURRENT_VERSION:
+        raise ValueError(f"{path}: format version {header['version']}, expected {CURRENT_VERSION}")
+    if header["num_fields"] != 2:
+        raise ValueError(f"{path}: header says {header['num_fields']} fields, a fastbt .beton has 2 (image, label)")
+    type_ids = np.fromfile(path, FieldDescType, count=2, offset=HeaderType.itemsize)["type_id"].tolist()
+    expected = [k for t in (RGBImageField, IntField) for k, v in TYPE_ID_HANDLER.items() if v is t]
+    if type_ids != expected:
+        raise ValueError(f"{path}: field type ids {type_ids}, expected {expected} (RGBImageField, IntField)")
+    per_sample = get_metadata_type([RGBImageField(), IntField()]).itemsize
+    if header["num_samples"] > (size - fields_end) // per_sample:
+        raise ValueError(f"{path}: header says {header['num_samples']} samples, more than its {size} bytes hold")
+    if not fields_end + header["num_samples"] * per_sample <= header["alloc_table_ptr"] <= size:
+        raise ValueError(f"{path}: allocation table at byte {header['alloc_table_ptr']}, outside the "
+                         f"file's data ({size} bytes)")
+
 
 def beton_contents(path: Path):
     """(labels, widths, heights, jpeg(i)) of a .beton, read with FFCV's own Reader (no JIT).
     Raises ValueError when the file's structure does not hold together."""
     from ffcv.reader import Reader
 
+    check_header(path)
     try:
         reader = Reader(str(path))
-    except (ValueError, AssertionError, IndexError, OSError) as err:
+    except (ValueError, AssertionError, IndexError, KeyError, TypeError, OSError) as err:
         raise ValueError(f"{path}: not a readable .beton ({type(err).__name__}: {err})") from None
     if reader.field_names != [IMAGE_FIELD, LABEL_FIELD]:
         raise ValueError(f"{path}: fields {reader.field_names}, expected {[IMAGE_FIELD, LABEL_FIELD]}")
@@ -130,7 +193,12 @@ def beton_contents(path: Path):
 
 def _dataset(path) -> tuple[manifest.Manifest, str]:
     m = manifest.load(path, format="ffcv")
-    return m, str(m.data_paths()[0])
+    beton = m.data_paths()[0]
+    try:
+        check_header(beton)
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    return m, str(beton)
 
 
 def _largest_sample(beton: str) -> int:
@@ -220,6 +288,7 @@ class FFCVCrops:
 
         m, beton = _dataset(path)
         self.dataset_size, self.num_classes = m.num_images, len(m.classes)
+        self.beton = beton
         self.epoch = 0
         device = torch.device(device)
         workers = _threads(workers)
@@ -240,6 +309,9 @@ class FFCVCrops:
         self.crops.epoch = self.epoch
         self.loader.next_epoch = self.epoch  # ffcv counts epochs itself; make it follow set_epoch
         for pairs, labels in _Batches(self.loader):  # pairs: (N, 2, H, W, C)
+            if self.crops.undecodable:  # set before FFCV queued this batch
+                raise DataError(f"{self.beton}: sample {self.crops.undecodable[0]}: the stored JPEG does not "
+                                "decode (corrupt .beton?); `fastbt inspect` lists every bad sample")
             yield _nchw(pairs[:, 0]), _nchw(pairs[:, 1]), _owned(labels)
 
 

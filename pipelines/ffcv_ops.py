@@ -67,6 +67,11 @@ class TwoCrops(Operation):
     `pool` decodes (FFCV's libjpeg-turbo binding) and crops (OpenCV) its share of the samples,
     all outside the GIL; an image is cropped while it is still in the core's cache. Set `epoch`
     before each epoch.
+
+    A JPEG that does not decode (a corrupt .beton) leaves its crops black and its dataset index in
+    `undecodable`, which the loader checks before handing the batch on: never crops of an
+    uninitialized buffer. (Raising here would kill FFCV's loader thread and leave its consumer
+    waiting forever.)
     """
 
     def __init__(self, aug: AugSpec, seed: int, pool: ThreadPoolExecutor, threads: int):
@@ -75,6 +80,7 @@ class TwoCrops(Operation):
         self.interpolation = CV2_INTERPOLATION[aug.interpolation]
         self.pool, self.threads = pool, threads
         self.epoch = 0
+        self.undecodable: list[int] = []  # dataset indices whose JPEG failed to decode
 
     def declare_state_and_memory(self, previous_state):
         shape = (2, self.size, self.size, 3)
@@ -99,7 +105,11 @@ class TwoCrops(Operation):
                     height, width = shapes[i]
                     image = pixels[:height * width * 3].reshape(height, width, 3)
                     length = int.from_bytes(jpegs[i, :8].tobytes(), "little")
-                    imdecode(jpegs[i, 8:8 + length], image, height, width, height, width, 0, 0, 1, 1, False, False)
+                    if imdecode(jpegs[i, 8:8 + length], image, height, width, height, width,
+                                0, 0, 1, 1, False, False) != 0:  # libjpeg-turbo: -1 on an error
+                        self.undecodable.append(int(batch_indices[i]))
+                        out[i] = 0
+                        continue
                     for v, (top, left, crop_h, crop_w, flip) in enumerate(view[i] for view in views):
                         cv2.resize(image[top:top + crop_h, left:left + crop_w], size, dst=out[i, v],
                                    interpolation=interpolation)

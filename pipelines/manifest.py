@@ -21,6 +21,9 @@ from pipelines.options import FORMATS
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
+# The format marker: {"fastbt": "dataset", "schema": 1, ...}. Manifests written before the marker
+# existed are recognised by their schema and fastbt_version keys (with every other key validated).
+MARKER_KEY, MARKER = "fastbt", "dataset"
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,7 @@ class Manifest:
         d = asdict(self)
         del d["folder"]
         d["files"] = [{k: v for k, v in f.items() if v is not None} for f in d["files"]]
-        return json.dumps({"schema": d.pop("schema"), **d}, indent=1)
+        return json.dumps({MARKER_KEY: MARKER, "schema": d.pop("schema"), **d}, indent=1)
 
 
 def fastbt_version() -> str:
@@ -96,17 +99,24 @@ def manifest_path(path: str | os.PathLike) -> Path:
 
 def read(path: str | os.PathLike) -> Manifest:
     """Parse and validate a manifest; DataError names the file and the key or value at fault."""
+    if not os.path.lexists(path):
+        raise DataError(f"no such dataset: {path} (nothing there, so no manifest)")
     mpath = manifest_path(path)
     if not mpath.is_file():
-        partial = mpath.parent.with_name(mpath.parent.name + ".partial")
-        hint = f"; an unfinished conversion is in {partial}" if partial.exists() else ""
+        folder = mpath.parent.resolve()  # "." has no name to add ".partial" to
+        partial = folder.with_name(folder.name + ".partial") if folder.name else folder
+        hint = f"; an unfinished conversion is in {partial}" if folder.name and partial.exists() else ""
         raise DataError(f"{mpath}: no manifest, so {mpath.parent} is not a finished fastbt dataset{hint}")
     try:
         d = json.loads(mpath.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
         raise DataError(f"{mpath}: not valid JSON ({err})") from None
+    except OSError as err:
+        raise DataError(f"{mpath}: cannot be read ({err.strerror})") from None
     check = _Checker(mpath)
     check.that(isinstance(d, dict), "top level", "is not a JSON object")
+    check.that(d.get(MARKER_KEY, MARKER) == MARKER, MARKER_KEY,
+               f"is {d.get(MARKER_KEY)!r}; a fastbt dataset manifest says {MARKER!r}")
     check.that(d.get("schema") == SCHEMA_VERSION, "schema",
                f"is {d.get('schema')!r}; this fastbt reads schema {SCHEMA_VERSION}")
     check.that(d.get("format") in FORMATS, "format", f"is {d.get('format')!r}, expected one of {FORMATS}")
@@ -167,6 +177,26 @@ class _Checker:
         bad = [k for k, v in m.items() if not isinstance(v, kind) or isinstance(v, bool) or v < 0]
         self.that(not bad, key, f"has bad value {m[bad[0]]!r} for {bad[0]!r}" if bad else "")
         return m
+
+
+def why_not_replaceable(folder: Path) -> str | None:
+    """Why `folder` may not be deleted as a fastbt dataset; None if it may. It may when its
+    manifest reads as a fastbt manifest (marker, schema, every key valid) and the folder holds
+    nothing but that manifest and the files it lists: never a file a user put there."""
+    try:
+        m = read(folder)
+    except DataError as err:
+        return str(err)
+    ours = {Path(MANIFEST_NAME)} | {Path(rel) for f in m.files for rel in (f.path, f.index) if rel}
+    ours |= {parent for rel in ours for parent in rel.parents}
+    others = []
+    for dirpath, dirnames, filenames in os.walk(folder):  # symlinks are listed, never followed
+        rel = Path(dirpath).relative_to(folder)
+        others += [str(rel / name) for name in dirnames + filenames if rel / name not in ours]
+    if others:
+        more = f" (and {len(others) - 1} more)" if len(others) > 1 else ""
+        return f"{folder / sorted(others)[0]}: not a file of the dataset{more}"
+    return None
 
 
 def check_files(m: Manifest) -> dict[Path, str]:

@@ -160,6 +160,8 @@ def shard_samples(tar_path: Path) -> list[ShardSample]:
     samples, pending = [], {}
     with tarfile.open(tar_path, "r:") as tar:
         for member in tar:
+            if not member.isfile():  # a link's data would come from elsewhere (or nowhere)
+                raise ValueError(f"{tar_path}: member {member.name!r} is not a regular file")
             key, _, ext = member.name.partition(".")
             if ext == IMAGE_EXT:
                 pending[key] = (member.offset_data, member.size)

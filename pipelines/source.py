@@ -6,6 +6,12 @@ under each class folder and kept when their extension is one `ImageFolder` accep
 Hidden files, files with other extensions and files outside a class folder are *ignored* (listed,
 not counted as errors). Whether a kept file is really an image is only known when it is decoded:
 `read_rgb` either returns an RGB image or raises `UnreadableImage` with a one-line reason.
+
+Hostile layouts: symlinked folders are followed, but each real folder is read once (a symlink loop,
+or a second link to a folder already read, is ignored with the first path as the reason), so no
+file is counted twice. A folder that cannot be listed (permissions) is *unreadable*: listed with
+its reason and counted against the converter's unreadable limit. File and folder names need not be
+UTF-8: they are kept as the OS gives them (surrogate escapes) and shown with `printable`.
 """
 
 from __future__ import annotations
@@ -53,13 +59,21 @@ class Skipped:
 @dataclass(frozen=True)
 class Source:
     root: Path
-    classes: tuple[str, ...]  # index = label
+    classes: tuple[str, ...]  # index = label; folder names as the OS gives them
     samples: tuple[Sample, ...]  # sorted by (label, path)
     ignored: tuple[Skipped, ...]
+    unreadable: tuple[Skipped, ...] = ()  # folders that could not be listed
 
     @property
     def class_to_idx(self) -> dict[str, int]:
-        return {name: i for i, name in enumerate(self.classes)}
+        """Printable class name -> label, as a manifest records it."""
+        return {printable(name): i for i, name in enumerate(self.classes)}
+
+
+def printable(name: str | os.PathLike) -> str:
+    """A path or name as text any output (JSON, a UTF-8 terminal) accepts: bytes of the name that
+    are not UTF-8 (which Python keeps as surrogate escapes) are shown as \\xNN."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def _hidden(name: str) -> bool:
@@ -71,20 +85,43 @@ def scan(root: str | os.PathLike, limit: int | None = None) -> Source:
     sorted list, so a quick trial still covers every class in proportion."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"{root}: not a directory (expected an ImageNet-layout folder root/<class>/<image>)")
-    entries = [(e.name, e.is_dir()) for e in sorted(os.scandir(root), key=lambda e: e.name)]
+        raise DataError(f"{printable(root)}: not a directory (expected an ImageNet-layout folder "
+                        "root/<class>/<image>)")
+    try:
+        entries = _entries(root)
+    except OSError as err:
+        raise DataError(f"{printable(root)}: cannot be listed ({err.strerror})") from None
     classes = tuple(name for name, is_dir in entries if is_dir and not _hidden(name))
     if not classes:
-        raise DataError(f"{root}: no class folders (expected root/<class>/<image>)")
+        raise DataError(f"{printable(root)}: no class folders (expected root/<class>/<image>)")
+    if len({printable(name) for name in classes}) < len(classes):
+        raise DataError(f"{printable(root)}: two class folders print alike (names that are not "
+                        "UTF-8); rename one")
     ignored = [Skipped(name + "/" * is_dir, why, "ignored") for name, is_dir in entries
                if (why := _why_ignored(name, is_dir, in_class=False))]
+    unreadable = []
+    seen = {}  # (device, inode) of every folder read -> its path: each is read once
+    for rel in ("", *classes):
+        with contextlib.suppress(OSError):  # a class folder that cannot be stat'ed fails when listed
+            seen.setdefault(_identity(root / rel), (rel or ".") + "/")
     samples = []
     for label, name in enumerate(classes):
-        for rel in _files_under(root, name, ignored):
+        for rel in _files_under(root, name, seen, ignored, unreadable):
             samples.append(Sample(rel, label))
     if limit is not None and limit < len(samples):
         samples = [samples[i * len(samples) // limit] for i in range(limit)]
-    return Source(root, classes, tuple(samples), tuple(ignored))
+    return Source(root, classes, tuple(samples), tuple(ignored), tuple(unreadable))
+
+
+def _entries(folder: Path) -> list[tuple[str, bool]]:
+    """(name, is a folder) of each entry, sorted by name; symlinks to folders count as folders."""
+    with os.scandir(folder) as it:
+        return sorted((e.name, e.is_dir()) for e in it)
+
+
+def _identity(folder: Path) -> tuple[int, int]:
+    st = os.stat(folder)  # follows symlinks: the real folder
+    return st.st_dev, st.st_ino
 
 
 def _why_ignored(name: str, is_dir: bool, in_class: bool) -> str | None:
@@ -100,20 +137,37 @@ def _why_ignored(name: str, is_dir: bool, in_class: bool) -> str | None:
     return None
 
 
-def _files_under(root: Path, class_name: str, ignored: list[Skipped]) -> list[str]:
-    """Image-named files below one class folder, sorted; everything else goes to `ignored`."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root / class_name, followlinks=True):
-        rel_dir = Path(dirpath).relative_to(root).as_posix()
-        for d in [d for d in dirnames if _hidden(d)]:
-            ignored.append(Skipped(f"{rel_dir}/{d}/", "hidden folder", "ignored"))
-            dirnames.remove(d)  # so os.walk does not descend into it
-        for f in filenames:
-            why = _why_ignored(f, False, True)
+def _files_under(root: Path, class_name: str, seen: dict, ignored: list[Skipped],
+                 unreadable: list[Skipped]) -> list[str]:
+    """Image-named files below one class folder, sorted; everything else goes to `ignored`, and
+    folders that cannot be listed to `unreadable`. `seen`: the folders already read (see scan)."""
+    found, folders = [], [class_name]
+    while folders:
+        rel_dir = folders.pop()
+        try:
+            entries = _entries(root / rel_dir)
+        except OSError as err:
+            unreadable.append(Skipped(rel_dir + "/", f"cannot list folder ({type(err).__name__}: "
+                                      f"{err.strerror})", "unreadable"))
+            continue
+        for name, is_dir in entries:
+            rel = f"{rel_dir}/{name}"
+            why = _why_ignored(name, is_dir, in_class=True)
             if why:
-                ignored.append(Skipped(f"{rel_dir}/{f}", why, "ignored"))
+                ignored.append(Skipped(rel + "/" * is_dir, why, "ignored"))
+            elif not is_dir:
+                found.append(rel)
             else:
-                found.append(f"{rel_dir}/{f}")
+                try:
+                    first = seen.setdefault(_identity(root / rel), rel + "/")
+                except OSError as err:
+                    unreadable.append(Skipped(rel + "/", f"cannot stat folder ({err.strerror})", "unreadable"))
+                    continue
+                if first == rel + "/":
+                    folders.append(rel)
+                else:
+                    ignored.append(Skipped(rel + "/", f"the same folder as {first} (a symlink "
+                                           "loop or a second link): read once", "ignored"))
     return sorted(found)
 
 

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import torch
 from PIL import ImageFilter, ImageOps
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from pipelines.augment import AugSpec, ViewSpec
 from pipelines.errors import DataError
 from pipelines.order import batch_seed, epoch_order, rank_range
-from pipelines.source import UnreadableImage, read_rgb, scan
+from pipelines.source import UnreadableImage, printable, read_rgb, scan
 
 _INTERPOLATION = {"bicubic": v2.InterpolationMode.BICUBIC, "bilinear": v2.InterpolationMode.BILINEAR}
 
@@ -36,11 +36,31 @@ def crop_and_flip(view: ViewSpec, size: int, interpolation: str = "bicubic") -> 
     ])
 
 
+class _Unreadable(str):
+    """What a dataset item is when its image does not decode: the one-line error, as data. An
+    exception raised in a DataLoader worker would reach the user as the worker's traceback;
+    this travels through the batch instead (`_collate`) and is raised by `_batches` in the main
+    process, naming the file."""
+
+
 def _read(root: Path, sample):
     try:
         return read_rgb(root / sample.path)
-    except UnreadableImage as err:  # found mid-run: stop with the file's name, not a traceback
-        raise DataError(f"{root / sample.path}: {err}") from None
+    except UnreadableImage as err:
+        return _Unreadable(f"{printable(root / sample.path)}: {err}")
+
+
+def _collate(items: list):
+    """default_collate, unless an item is _Unreadable: then that is the batch."""
+    failed = [x for x in items if isinstance(x, _Unreadable)]
+    return failed[0] if failed else default_collate(items)
+
+
+def _batches(loader: DataLoader):
+    for batch in loader:
+        if isinstance(batch, _Unreadable):  # found mid-run: stop with the file's name
+            raise DataError(batch)
+        yield batch
 
 
 class _TwoCrops(Dataset):
@@ -59,6 +79,8 @@ class _TwoCrops(Dataset):
     def __getitem__(self, i: int):
         sample = self.samples[i]
         image = _read(self.root, sample)
+        if isinstance(image, _Unreadable):
+            return image
         torch.manual_seed(batch_seed(self.seed, 0, self.epoch, i))  # crops independent of worker
         crops = [TF.pil_to_tensor(view(image)) for view in self.views]
         return crops[0], crops[1], sample.label
@@ -95,7 +117,7 @@ class TorchvisionCrops:
         self.dataset = _TwoCrops(Path(path), source.samples, aug, seed)
         self.sampler = ShardedShuffle(self.dataset_size, rank, world_size, seed)
         self.loader = DataLoader(self.dataset, batch_size=batch_size, sampler=self.sampler,
-                                 num_workers=workers, drop_last=True,
+                                 num_workers=workers, drop_last=True, collate_fn=_collate,
                                  pin_memory=self.device.type == "cuda")
 
     def __len__(self) -> int:
@@ -106,7 +128,7 @@ class TorchvisionCrops:
         self.dataset.epoch = epoch  # workers start per epoch and take a copy of the dataset
 
     def __iter__(self):
-        for crops1, crops2, labels in self.loader:
+        for crops1, crops2, labels in _batches(self.loader):
             yield (_to_device(crops1, self.device), _to_device(crops2, self.device),
                    labels.to(self.device, non_blocking=True))
 
@@ -168,7 +190,8 @@ class _CenterCrops(Dataset):
 
     def __getitem__(self, i: int):
         sample = self.samples[i]
-        return self.transform(_read(self.root, sample)), sample.label
+        image = _read(self.root, sample)
+        return image if isinstance(image, _Unreadable) else (self.transform(image), sample.label)
 
 
 def center_crop_loader(path: str, *, size: int, resize: int, mean, std, batch_size: int, device="cpu",
@@ -181,7 +204,7 @@ def center_crop_loader(path: str, *, size: int, resize: int, mean, std, batch_si
                             v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
     device = torch.device(device)
     loader = DataLoader(_CenterCrops(Path(path), samples, transform), batch_size=batch_size,
-                        num_workers=workers, pin_memory=device.type == "cuda")
+                        num_workers=workers, collate_fn=_collate, pin_memory=device.type == "cuda")
     return _OnDevice(loader, device)
 
 
@@ -195,5 +218,5 @@ class _OnDevice:
         return len(self.loader)
 
     def __iter__(self):
-        for images, labels in self.loader:
+        for images, labels in _batches(self.loader):
             yield images.to(self.device, non_blocking=True), labels.to(self.device)

@@ -103,7 +103,7 @@ def verify_dali(m: manifest.Manifest, chosen: set[int] | None, skip: dict[Path, 
             continue
         try:
             samples, index = shards.shard_samples(tar), dali_data.read_index(idx)
-        except (tarfile.TarError, ValueError, OSError) as err:
+        except (tarfile.TarError, ValueError, IndexError, OSError) as err:
             problems.append(f"{tar}: cannot be read ({err})")
             position += f.samples
             continue

@@ -95,9 +95,9 @@ def test_an_ffcv_conversion_writes_no_dali_index(source, tmp_path, monkeypatch):
     spooled = []
     real_write_beton = ffcv_data.write_beton
 
-    def write_beton(path, tars, workers):
+    def write_beton(path, tars, workers, progress):
         spooled.extend(sorted(p.name for p in tars[0].parent.iterdir()))
-        return real_write_beton(path, tars, workers)
+        return real_write_beton(path, tars, workers, progress)
 
     monkeypatch.setattr(dali_data, "write_index", no_index)
     monkeypatch.setattr(ffcv_data, "write_beton", write_beton)
