@@ -127,3 +127,46 @@ def test_the_compiled_step_keeps_one_graph_per_size(monkeypatch):
     torch._dynamo.reset()
     assert len(graphs) == 3
     assert [g[0] for g in graphs] == [(2, 3, s, s) for s in (16, 24, 32)]  # static: no symbolic sizes
+
+
+# ---- profiler and projection --------------------------------------------------------------------
+
+def test_the_projection_integrates_the_step_time_over_the_schedule():
+    """A step whose time per pair is a + b x pixels (a fixed cost plus a per-pixel one) is projected
+    exactly from its two ends; end to end follows the step where the step is the slower."""
+    from fastbt import verdict
+
+    def seconds_per_pair(size):
+        return 1e-3 + 1e-5 * size ** 2
+
+    epoch_sizes = [16, 16, 24, 32]
+    steps, pairs = 10, 8
+    p = verdict.project_schedule(epoch_sizes, 16, 32, steps, pairs, end_to_end=1 / seconds_per_pair(32),
+                                 step=1 / seconds_per_pair(32), loader=1e9, step_at_start=1 / seconds_per_pair(16))
+    expected = steps * pairs * sum(seconds_per_pair(s) for s in epoch_sizes)
+    assert p["seconds_at_step_rate"] == pytest.approx(expected)
+    assert p["seconds"] == pytest.approx(expected)  # the loader never bounds here
+    assert p["fixed_size_seconds"] == pytest.approx(steps * pairs * 4 * seconds_per_pair(32))
+    assert p["saved"] == pytest.approx(1 - expected / p["fixed_size_seconds"])
+    assert p["epochs_per_size"] == {"16": 2, "24": 1, "32": 1} and p["total_steps"] == 40
+    slow_loader = verdict.project_schedule(epoch_sizes, 16, 32, steps, pairs, end_to_end=1.0, step=10.0,
+                                           loader=1.0, step_at_start=40.0)
+    assert slow_loader["saved"] == 0  # input-bound at every size: the schedule saves nothing
+
+
+def test_profile_measures_the_step_at_both_ends_of_the_schedule(images, tiny, tmp_path):
+    import json
+
+    from fastbt import profile
+
+    cfg = config.load(None, [*tiny, f"data.path={images}", "profile.warmup_steps=1", "profile.steps=1",
+                             "profile.repeats=2", "train.batch_size=4", "train.epochs=3",
+                             "aug.resolution.start=16", "aug.resolution.ramp_end_epoch=2",
+                             "aug.resolution.multiple=16"])
+    profile.profile(cfg, tmp_path / "p")
+    r = json.loads((tmp_path / "p" / "report.json").read_text())
+    assert set(r["windows"]) == {"loader", "step", "end_to_end", "step_start"}
+    proj = r["projection"]
+    assert (proj["start_size"], proj["end_size"], proj["epochs_per_size"]) == (16, 32, {"16": 1, "32": 2})
+    assert 0 < proj["seconds"] and proj["fixed_size_seconds"] > 0
+    assert "Progressive resolution (1 at 16 px, 2 at 32 px)" in (tmp_path / "p" / "report.md").read_text()
