@@ -180,7 +180,8 @@ class DALICrops:
             self.batches = dali_ops.TwoViewBatches(feed, self.aug, self.batch_size, self.device, self.seed,
                                                    self.workers)
         order = epoch_order(self.dataset_size, self.rank, self.world_size, self.seed, self.epoch).numpy()
-        return self.batches.epoch(order[:len(self) * self.batch_size], self.epoch, self.aug.size_at(self.epoch))
+        return self.batches.epoch(order[:len(self) * self.batch_size], self.epoch,
+                                  self.aug.size_at(self.epoch))
 
 
 def dali_crops(path: str, *, aug, batch_size: int, device, rank: int = 0, world_size: int = 1,

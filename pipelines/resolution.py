@@ -45,7 +45,8 @@ def size_at(schedule: Resolution, final: int, epoch: int) -> int:
     if epoch <= schedule.ramp_start_epoch:
         return schedule.start
     progress = (epoch - schedule.ramp_start_epoch) / (schedule.ramp_end_epoch - schedule.ramp_start_epoch)
-    size = round((schedule.start + progress * (final - schedule.start)) / schedule.multiple) * schedule.multiple
+    between = schedule.start + progress * (final - schedule.start)
+    size = round(between / schedule.multiple) * schedule.multiple
     return min(max(size, min(schedule.start, final)), max(schedule.start, final))
 
 

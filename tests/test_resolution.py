@@ -40,7 +40,8 @@ def ffcv_get_resolution(epoch, min_res, max_res, end_ramp, start_ramp):
 ])
 def test_the_schedule_is_ffcvs_get_resolution(epochs, low, high, start, end):
     schedule = Resolution(start=low, ramp_start_epoch=start, ramp_end_epoch=end)
-    assert sizes(schedule, high, epochs) == [ffcv_get_resolution(e, low, high, end, start) for e in range(epochs)]
+    expected = [ffcv_get_resolution(e, low, high, end, start) for e in range(epochs)]
+    assert sizes(schedule, high, epochs) == expected
 
 
 def test_off_by_default_every_epoch_at_aug_size():
@@ -141,8 +142,9 @@ def test_the_projection_integrates_the_step_time_over_the_schedule():
 
     epoch_sizes = [16, 16, 24, 32]
     steps, pairs = 10, 8
-    p = verdict.project_schedule(epoch_sizes, 16, 32, steps, pairs, end_to_end=1 / seconds_per_pair(32),
-                                 step=1 / seconds_per_pair(32), loader=1e9, step_at_start=1 / seconds_per_pair(16))
+    at_end, at_start = 1 / seconds_per_pair(32), 1 / seconds_per_pair(16)
+    p = verdict.project_schedule(epoch_sizes, 16, 32, steps, pairs, end_to_end=at_end, step=at_end, loader=1e9,
+                                 step_at_start=at_start)
     expected = steps * pairs * sum(seconds_per_pair(s) for s in epoch_sizes)
     assert p["seconds_at_step_rate"] == pytest.approx(expected)
     assert p["seconds"] == pytest.approx(expected)  # the loader never bounds here
