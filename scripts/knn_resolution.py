@@ -63,18 +63,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/knn_resolution"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--ramp", nargs="+", default=RAMP, help="the schedule arm's overrides")
+    parser.add_argument("--arms", nargs="+", choices=["fixed", "ramp"], default=["fixed", "ramp"])
     parser.add_argument("overrides", nargs="*", help="extra config overrides for both arms")
     args = parser.parse_args()
     torch.set_num_threads(1)
     beton = prepare(args.out / "data")
     results = []
     for seed in args.seeds:
-        for name, schedule in (("fixed", []), ("ramp", RAMP)):
+        for name, schedule in (("fixed", []), ("ramp", args.ramp)):
+            if name not in args.arms:
+                continue
             r = one_run(args.out / "data", beton, args.out / f"{name}_{seed}", seed, schedule, args.overrides)
             results.append(r)
             print(json.dumps(r), flush=True)
     for arm in (False, True):
         top1 = [r["top1"] for r in results if r["schedule"] == arm]
+        if not top1:
+            continue
         secs = [r["pretrain_s"] for r in results if r["schedule"] == arm]
         print(f"{'ramp ' if arm else 'fixed'}: kNN top-1 median {statistics.median(top1):.2f}% "
               f"(seeds: {', '.join(f'{t:.2f}' for t in top1)}; spread {max(top1) - min(top1):.2f} pts), "
