@@ -13,6 +13,9 @@ The profiler only chooses clocks and windows. Every process measures:
    - loader alone: `Run.views`, no step (what the loader can deliver), after a lead-in of
      unmeasured steps that drains what the workers prefetched meanwhile;
    - end to end: `Run.step`, with the Meter as its clock, as in the loop;
+   - with a progressive-resolution schedule (aug.resolution), loader and end to end read an epoch
+     at the final size, and a fourth kind, the step alone at the start size, gives the rate at the
+     other end: the projection integrates over the schedule (`verdict.project_schedule`);
 3. breakdown: `Run.step` under a phase clock (fastbt.phase_clock): data wait, host-to-device,
    augmentation, forward, loss op, backward, optimizer; with several processes the steps are
    repeated without gradient sync and the backward's difference is the gradient communication.
@@ -42,6 +45,7 @@ from fastbt.meter import Meter, synchronize
 from fastbt.phase_clock import NO_CLOCK, phase_clock
 from fastbt.run import Run, build_run
 from fastbt.precision import autocast_dtype
+from pipelines.resolution import sizes
 
 FORMAT_VERSION = 2  # 2: windows are medians of interleaved repeats, with their spread
 PHASE_TOLERANCE = 0.05  # the phases sum to the step time measured around them within this share
@@ -100,7 +104,9 @@ def measure(cfg: Config, world: dist.World, out_dir: Path) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     run = build_run(cfg, world)
     pairs = run.derived.per_device_batch
-    batches = run.batches()
+    resolution = cfg.aug.resolution
+    # the loader's windows read an epoch at the final size (the first, unless a schedule is on)
+    batches = run.batches(resolution.ramp_end_epoch * run.derived.steps_per_epoch if resolution.on else 0)
     synthetic = _synthetic_views(pairs, cfg.aug.size, device)
     schedule = itertools.count()  # the LR schedule's step: any, as long as it moves on
     bodies = {  # one step of each window kind, reporting to `clock`
@@ -108,6 +114,9 @@ def measure(cfg: Config, world: dist.World, out_dir: Path) -> dict:
         "step": lambda clock: (clock.start(), run.train(next(schedule), *synthetic, clock)),
         "end_to_end": lambda clock: run.step(next(schedule), batches, clock),
     }
+    if resolution.on:  # and the step alone at the schedule's start size, interleaved with the rest
+        small = _synthetic_views(pairs, resolution.start, device)
+        bodies["step_start"] = lambda clock: (clock.start(), run.train(next(schedule), *small, clock))
     lead_in = max(cfg.profile.steps, PREFETCH_PER_WORKER * cfg.data.workers + PREFETCH_SLACK)
     windows = _windows(bodies, cfg.profile.warmup_steps, cfg.profile.steps, cfg.profile.repeats,
                        device, pairs, lead_in)
@@ -154,10 +163,22 @@ def measure(cfg: Config, world: dist.World, out_dir: Path) -> dict:
         "memory": _memory(device),
         "verdict": verdict.judge(rates["loader"], rates["step"], rates["end_to_end"], phases,
                                  reliability),
-        "projection": verdict.project(run.derived.total_steps, pairs, rates["end_to_end"], rates["step"]),
+        "projection": _projection(cfg, run, rates),
         "environment": environment.collect(device),
         "config": config.to_dict(cfg),
     }
+
+
+def _projection(cfg: Config, run: Run, rates: dict[str, float]) -> dict:
+    """The projected wall time (fastbt.verdict), over the resolution schedule when one is on."""
+    pairs = run.derived.per_device_batch
+    resolution = cfg.aug.resolution
+    if not resolution.on:
+        return verdict.project(run.derived.total_steps, pairs, rates["end_to_end"], rates["step"])
+    return {**verdict.project_schedule(sizes(resolution, cfg.aug.size, cfg.train.epochs), resolution.start,
+                                       cfg.aug.size, run.derived.steps_per_epoch, pairs, rates["end_to_end"],
+                                       rates["step"], rates["loader"], rates["step_start"]),
+            "start_size": resolution.start, "end_size": cfg.aug.size}
 
 
 def _synthetic_views(pairs: int, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,11 +203,12 @@ def _windows(bodies: dict, warmup: int, steps: int, repeats: int, device: torch.
              pairs: int, lead_in: int = 0) -> dict[str, Window]:
     """Each kind warmed up, then `repeats` rounds of one window of each kind (ABCABC...), each
     loader window after `lead_in` unmeasured steps."""
-    warm = {kind: _warm_up(bodies[kind], warmup, device) for kind in KINDS}
+    kinds = [*KINDS, *(k for k in bodies if k not in KINDS)]  # KINDS first, then any extra
+    warm = {kind: _warm_up(bodies[kind], warmup, device) for kind in kinds}
     meter = Meter(device, pairs)
-    measured = {kind: [] for kind in KINDS}
+    measured = {kind: [] for kind in kinds}
     for _ in range(repeats):
-        for kind in KINDS:
+        for kind in kinds:
             if kind == "loader":  # the lead-in: drain the batches prefetched during the step window
                 for _ in range(lead_in):
                     bodies[kind](NO_CLOCK)
@@ -195,7 +217,7 @@ def _windows(bodies: dict, warmup: int, steps: int, repeats: int, device: torch.
                 bodies[kind](meter)
             measured[kind].append(meter.report())
     windows = {}
-    for kind in KINDS:
+    for kind in kinds:
         each = [r.pairs_per_s for r in measured[kind]]
         median = statistics.median(each)
         middle = min(measured[kind], key=lambda r: abs(r.pairs_per_s - median))

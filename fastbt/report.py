@@ -15,6 +15,7 @@ PHASE_NAMES = {"data_wait": "data wait", "host_to_device": "host-to-device",
                "augmentation": "augmentation", "forward": "forward", "loss": "loss op",
                "backward": "backward", "optimizer": "optimizer", "grad_comm": "gradient communication"}
 WINDOW_NAMES = {"loader": "loader alone", "step": "step alone", "end_to_end": "end to end"}
+SCHEDULE_WINDOW_NAMES = {"step_start": "step alone, start size"}  # with a resolution schedule
 GIB = 2 ** 30
 
 
@@ -44,7 +45,24 @@ def _verdict(r: dict) -> list[str]:
             f"Projected wall time for {setup['epochs']} epochs of {setup['dataset_size']} images "
             f"({proj['total_steps']} steps): {_hours(proj['seconds'])} at the end-to-end rate, "
             f"{_hours(proj['seconds_at_step_rate'])} at the step-alone rate (compilation, "
-            f"checkpoints and evaluation not included)."]
+            f"checkpoints and evaluation not included).", *_schedule(r)]
+
+
+def _schedule(r: dict) -> list[str]:
+    """The progressive-resolution lines, when the profiled config has a schedule."""
+    proj, windows = r["projection"], r["windows"]
+    if "start_size" not in proj:
+        return []
+    start, end = proj["start_size"], proj["end_size"]
+    epochs = ", ".join(f"{n} at {size} px" for size, n in proj["epochs_per_size"].items())
+    return ["", f"Progressive resolution ({epochs}): the step alone takes "
+                f"{_num(windows['step_start']['pairs_per_s'])} pairs/s at {start} px and "
+                f"{_num(windows['step']['pairs_per_s'])} at {end} px "
+                f"({windows['step_start']['pairs_per_s'] / windows['step']['pairs_per_s']:.2f}x); loader and "
+                f"end to end were measured at {end} px. Over the schedule the run is projected to take "
+                f"{_hours(proj['seconds'])}, against {_hours(proj['fixed_size_seconds'])} with every epoch "
+                f"at {end} px ({proj['saved']:.0%} saved; sizes between are interpolated in pixels, "
+                f"the loader taken as size-independent: fastbt/verdict.py project_schedule)."]
 
 
 def _throughput(r: dict) -> list[str]:
@@ -53,7 +71,9 @@ def _throughput(r: dict) -> list[str]:
              "| | per process, median | spread | min - max | all processes | warm-up, s "
              "| of which the first step, s |",
              "|---|---:|---:|---:|---:|---:|---:|"]
-    for name, title in WINDOW_NAMES.items():
+    for name, title in {**WINDOW_NAMES, **SCHEDULE_WINDOW_NAMES}.items():
+        if name not in windows:
+            continue
         w = windows[name]
         lines.append(f"| {title} | {_num(w['pairs_per_s'])} | {w['spread']:.0%} "
                      f"| {_num(min(w['pairs_per_s_each']))} - {_num(max(w['pairs_per_s_each']))} "

@@ -33,6 +33,7 @@ from fastbt.phase_clock import NO_CLOCK
 from fastbt.precision import use_channels_last
 from fastbt.step import TrainStep
 from pipelines.loader import TwoViewLoader
+from pipelines.resolution import sizes
 
 
 @dataclass
@@ -104,6 +105,8 @@ def build_run(cfg: Config, world: dist.World) -> Run:
         raise RuntimeError(f"the {cfg.data.backend} loader gives {len(loader)} batches per epoch on "
                            f"rank {world.rank}, expected {derived.steps_per_epoch}")
 
+    if cfg.runtime.compile:
+        _check_compiled_sizes(cfg)
     channels_last = use_channels_last(cfg.runtime.channels_last, world.device)
     model = build_model(cfg.model.arch, cfg.model.projector, channels_last).to(world.device)
     model = use_global_batch_norm(model, world.device, group)
@@ -118,3 +121,13 @@ def build_run(cfg: Config, world: dist.World) -> Run:
         if world.distributed else model)
     train_step = TrainStep(trained, optimizer, build_loss(cfg.loss), cfg.runtime, world.device, group)
     return Run(cfg, world, loader, derived, model, optimizer, train_step)
+
+
+def _check_compiled_sizes(cfg: Config) -> None:
+    """The compiled forward keeps one graph per crop size (TrainStep: dynamic=False); past dynamo's
+    recompile limit it would silently fall back to eager."""
+    distinct = sorted(set(sizes(cfg.aug.resolution, cfg.aug.size, cfg.train.epochs)))
+    limit = torch._dynamo.config.recompile_limit
+    if len(distinct) > limit:
+        raise ConfigError(f"aug.resolution gives {len(distinct)} crop sizes ({distinct}), more compiled "
+                          f"graphs than torch's recompile limit {limit}: raise aug.resolution.multiple")

@@ -39,8 +39,10 @@ class TrainStep:
         self.amp_dtype = autocast_dtype(self.runtime.precision, self.device)
         channels_last = use_channels_last(self.runtime.channels_last, self.device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.forward = (torch.compile(self.model, mode=self.runtime.compile_mode) if self.runtime.compile
-                        else self.model)
+        # dynamic=False: one graph per input size (the resolution schedule's few sizes), never a
+        # dynamic-shape graph, which automatic dynamic shapes would compile on the second size
+        self.forward = (torch.compile(self.model, mode=self.runtime.compile_mode, dynamic=False)
+                        if self.runtime.compile else self.model)
 
     def loss(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
         """The loss to backpropagate. Under DDP it is scaled by W: DDP averages the W ranks'

@@ -94,3 +94,38 @@ def project(total_steps: int, pairs_per_step: int, end_to_end: float, step: floa
     return {"total_steps": total_steps,
             "seconds": total_steps * pairs_per_step / end_to_end,
             "seconds_at_step_rate": total_steps * pairs_per_step / step}
+
+
+def step_seconds_per_pair(size: int, start: int, end: int, at_start: float, at_end: float) -> float:
+    """Seconds per pair of the step at crop `size`, from the step's measured seconds per pair at the
+    schedule's `start` and `end` sizes: linear in the pixel count between them (a step's compute
+    scales with pixels; measured at both ends, so only sizes between are interpolated)."""
+    if start == end:
+        return at_end
+    return at_end + (at_start - at_end) * (end ** 2 - size ** 2) / (end ** 2 - start ** 2)
+
+
+def project_schedule(epoch_sizes: list[int], start: int, end: int, steps_per_epoch: int, pairs_per_step: int,
+                     end_to_end: float, step: float, loader: float, step_at_start: float) -> dict:
+    """`project` over a progressive-resolution schedule, epoch by epoch at its crop size. Rates
+    (pairs/s) are measured at the final size (end to end, step alone, loader alone) and, for the
+    step alone, at the `start` size. An epoch at size s takes, per pair:
+    - step rate: the step's time at s (`step_seconds_per_pair`);
+    - end to end: the measured end-to-end time x max(loader, step at s) / max(loader, step at the
+      final size): bound by the slower of the two, the loader's time taken as size-independent
+      (decoding dominates it; so the projection is conservative where the loader bounds).
+    Also the same run with every epoch at the final size, and the share the schedule saves."""
+    loader_s, e2e_s = 1 / loader, 1 / end_to_end
+
+    def step_s(size):
+        return step_seconds_per_pair(size, start, end, 1 / step_at_start, 1 / step)
+
+    pairs = steps_per_epoch * pairs_per_step
+    seconds = sum(e2e_s * max(loader_s, step_s(s)) / max(loader_s, step_s(end)) for s in epoch_sizes) * pairs
+    fixed = len(epoch_sizes) * pairs * e2e_s
+    return {"total_steps": len(epoch_sizes) * steps_per_epoch,
+            "seconds": seconds,
+            "seconds_at_step_rate": sum(step_s(s) for s in epoch_sizes) * pairs,
+            "fixed_size_seconds": fixed,
+            "saved": 1 - seconds / fixed,
+            "epochs_per_size": {str(s): epoch_sizes.count(s) for s in sorted(set(epoch_sizes))}}

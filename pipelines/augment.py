@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pipelines.resolution import Resolution, size_at
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -83,15 +85,22 @@ class AugSpec:
 
     view1: ViewSpec = ViewSpec()
     view2: ViewSpec = ViewSpec(blur_p=0.1, solarize_p=0.2)
-    size: int = 224                                    # crop output, pixels
+    size: int = 224                                    # crop output, pixels (the final, evaluated size)
     interpolation: str = "bicubic"                     # the official resize (loaders)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    resolution: Resolution = Resolution()              # progressive resolution; off by default
 
     def __post_init__(self):
         _require(self.size > 0, "size", "> 0")
+        _require(self.resolution.start <= self.size, "resolution.start", "<= size (the final size)")
         _require(len(self.mean) == 3 and len(self.std) == 3, "mean/std", "3 numbers each")
         _require(all(s > 0 for s in self.std), "std", "> 0")
+
+
+    def size_at(self, epoch: int) -> int:
+        """The crop size of `epoch` (pipelines.resolution): `size` unless the schedule is on."""
+        return size_at(self.resolution, self.size, epoch)
 
 
 def blur_kernel_size(sigma_max: float) -> int:

@@ -114,17 +114,19 @@ class ShardReader:
 
 class EpochFeed:
     """What the DALI pipeline's external source calls for each batch (`__call__(BatchInfo)`): this
-    epoch's samples `order` in batches, each as (JPEGs, labels, then per view the crop's region of
-    interest start and end, (y, x) in pixels, x swapped when the view is flipped). Crops and flips
+    epoch's samples `order` in batches, each as (JPEGs, labels, the epoch's crop size per sample
+    (pipelines.resolution), then per view the crop's region of interest start and end, (y, x) in pixels, x swapped when the view is flipped). Crops and flips
     are `crop_params.crops_and_flips` of (seed, epoch, view, dataset index), as the FFCV loader
     draws them. Raises StopIteration after the last full batch, or when `stop` is set."""
 
     def __init__(self, reader: ShardReader, views, batch_size: int, seed: int):
         self.reader, self.views, self.batch_size, self.seed = reader, views, batch_size, seed
         self.order, self.epoch, self.stop = np.zeros(0, np.int64), 0, False
+        self.size = np.zeros((batch_size, 2), np.float32)
 
-    def start(self, order: np.ndarray, epoch: int) -> None:
+    def start(self, order: np.ndarray, epoch: int, size: int) -> None:
         self.order, self.epoch, self.stop = np.asarray(order, np.int64), epoch, False
+        self.size = np.full((self.batch_size, 2), size, np.float32)  # the epoch's crop size (h, w)
 
     def __call__(self, info):
         start = info.iteration * self.batch_size
@@ -138,7 +140,7 @@ class EpochFeed:
             top, left, crop_h, crop_w, flip = crops_and_flips(self.seed, self.epoch, v, view, indices, h, w).T
             x0, x1 = np.where(flip, left + crop_w, left), np.where(flip, left, left + crop_w)
             rois += [np.stack([top, x0], 1).astype(np.float32), np.stack([top + crop_h, x1], 1).astype(np.float32)]
-        return jpegs, labels, *rois
+        return jpegs, labels, list(self.size), *rois
 
 
 class DALICrops:
@@ -178,7 +180,8 @@ class DALICrops:
             self.batches = dali_ops.TwoViewBatches(feed, self.aug, self.batch_size, self.device, self.seed,
                                                    self.workers)
         order = epoch_order(self.dataset_size, self.rank, self.world_size, self.seed, self.epoch).numpy()
-        return self.batches.epoch(order[:len(self) * self.batch_size], self.epoch)
+        return self.batches.epoch(order[:len(self) * self.batch_size], self.epoch,
+                                  self.aug.size_at(self.epoch))
 
 
 def dali_crops(path: str, *, aug, batch_size: int, device, rank: int = 0, world_size: int = 1,

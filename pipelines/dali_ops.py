@@ -31,9 +31,10 @@ def _decode(jpegs, decoder: str):
 
 @pipeline_def
 def _two_views(feed, aug, decoder):
-    jpegs, labels, *rois = fn.external_source(source=feed, num_outputs=6, batch=True, batch_info=True)
+    jpegs, labels, size, *rois = fn.external_source(source=feed, num_outputs=7, batch=True, batch_info=True)
     images = _decode(jpegs, decoder)
-    views = [fn.resize(images, size=(aug.size, aug.size), roi_start=start, roi_end=end, antialias=True,
+    # the size is an input, not a constant: the resolution schedule changes it between epochs
+    views = [fn.resize(images, size=size, roi_start=start, roi_end=end, antialias=True,
                        interp_type=DALI_INTERPOLATION[aug.interpolation])
              for start, end in (rois[:2], rois[2:])]
     return *views, labels
@@ -82,9 +83,9 @@ class TwoViewBatches:
         self.run = 0  # epochs started; DALI's iterator needs a reset between two
         self.open = False  # an epoch started and not run to its end
 
-    def epoch(self, order, epoch: int):
+    def epoch(self, order, epoch: int, size: int):
         self._finish()
-        self.feed.start(order, epoch)
+        self.feed.start(order, epoch, size)
         if self.run:
             self.iterator.reset()  # after start(): the reset already prefetches the new epoch's batches
         self.run += 1

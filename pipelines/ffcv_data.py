@@ -288,8 +288,7 @@ class FFCVCrops:
 
         m, beton = _dataset(path)
         self.dataset_size, self.num_classes = m.num_images, len(m.classes)
-        self.beton = beton
-        self.epoch = 0
+        self.beton, self.aug, self.epoch = beton, aug, 0
         device = torch.device(device)
         workers = _threads(workers)
         self.crops = TwoCrops(aug, seed, ThreadPoolExecutor(workers, thread_name_prefix="ffcv-crops"), workers)
@@ -307,6 +306,10 @@ class FFCVCrops:
 
     def __iter__(self):
         self.crops.epoch = self.epoch
+        size = self.aug.size_at(self.epoch)
+        if size != self.crops.size:  # the crop's shape is part of FFCV's generated pipeline
+            self.crops.size = size
+            self.loader.generate_code()
         self.loader.next_epoch = self.epoch  # ffcv counts epochs itself; make it follow set_epoch
         for pairs, labels in _Batches(self.loader):  # pairs: (N, 2, H, W, C)
             if self.crops.undecodable:  # set before FFCV queued this batch

@@ -69,9 +69,15 @@ class _TwoCrops(Dataset):
     def __init__(self, root: Path, samples, aug: AugSpec, seed: int):
         self.root = root
         self.samples = samples
-        self.views = [crop_and_flip(v, aug.size, aug.interpolation) for v in (aug.view1, aug.view2)]
+        self.aug = aug
         self.seed = seed
-        self.epoch = 0
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Crops of `epoch`: its seeds, and its size (the resolution schedule)."""
+        self.epoch = epoch
+        size = self.aug.size_at(epoch)
+        self.views = [crop_and_flip(v, size, self.aug.interpolation) for v in (self.aug.view1, self.aug.view2)]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -125,7 +131,7 @@ class TorchvisionCrops:
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
-        self.dataset.epoch = epoch  # workers start per epoch and take a copy of the dataset
+        self.dataset.set_epoch(epoch)  # workers start per epoch and take a copy of the dataset
 
     def __iter__(self):
         for crops1, crops2, labels in _batches(self.loader):

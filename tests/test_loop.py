@@ -46,15 +46,21 @@ class Crash(Exception):
     pass
 
 
-def test_a_resumed_run_equals_the_uninterrupted_run(images, tiny_config, tmp_path, monkeypatch):
-    settings = ["train.epochs=2", "train.checkpoint_every_steps=3"]  # 10 steps; stop after step 7
+# Progressive resolution: epoch 0 at 16 px, epoch 1 (where the run stops and resumes) at 32 px.
+RESOLUTION_RAMP = ["aug.resolution.start=16", "aug.resolution.ramp_end_epoch=1", "aug.resolution.multiple=16"]
+
+
+@pytest.mark.parametrize("schedule", [[], RESOLUTION_RAMP], ids=["fixed_size", "resolution_ramp"])
+def test_a_resumed_run_equals_the_uninterrupted_run(images, tiny_config, tmp_path, monkeypatch, schedule):
+    settings = ["train.epochs=2", "train.checkpoint_every_steps=3", *schedule]  # 10 steps; stop after step 7
     whole = final_weights(loop.pretrain(tiny_config(images, tmp_path / "whole", *settings)))
 
-    calls = {"n": 0}
+    calls = {"n": 0, "sizes": []}
     real_step = TrainStep.__call__
 
     def crash_at_step_8(self, view1, view2):
         calls["n"] += 1
+        calls["sizes"].append(view1.shape[-1])
         if calls["n"] == 8:
             raise Crash()
         return real_step(self, view1, view2)
@@ -63,6 +69,7 @@ def test_a_resumed_run_equals_the_uninterrupted_run(images, tiny_config, tmp_pat
     with pytest.raises(Crash):
         loop.pretrain(tiny_config(images, tmp_path / "split", *settings))
     assert [p.name for p in checkpoint.checkpoints(tmp_path / "split")][0] == "ckpt_000000006.pt"
+    assert calls["sizes"] == ([16] * 5 + [32] * 3 if schedule else [32] * 8)  # crossed the size change
     monkeypatch.setattr(TrainStep, "__call__", real_step)
     resumed = final_weights(loop.pretrain(tiny_config(images, tmp_path / "split", *settings)))
 
