@@ -30,7 +30,7 @@ from fastbt.model import build_model
 from fastbt.norm import use_global_batch_norm
 from fastbt.optim import build_optimizer, lr_at, set_lr
 from fastbt.phase_clock import NO_CLOCK
-from fastbt.precision import use_channels_last
+from fastbt.precision import autocast_dtype, use_channels_last
 from fastbt.step import TrainStep
 from pipelines.loader import TwoViewLoader
 from pipelines.resolution import sizes
@@ -99,7 +99,8 @@ def build_run(cfg: Config, world: dist.World) -> Run:
     loader = pipelines.build_loader(
         cfg.data.backend, cfg.data.path, aug=cfg.aug, batch_size=config.per_device_batch(cfg, world.size),
         device=world.device, rank=world.rank, world_size=world.size, seed=cfg.train.seed,
-        workers=cfg.data.workers)
+        workers=cfg.data.workers,  # views in the training dtype, the chain compiled with the step
+        dtype=autocast_dtype(cfg.runtime.precision, world.device), compiled=cfg.runtime.compile)
     derived = config.derive(cfg, world.size, loader.dataset_size)
     if len(loader) != derived.steps_per_epoch:
         raise RuntimeError(f"the {cfg.data.backend} loader gives {len(loader)} batches per epoch on "

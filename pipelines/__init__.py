@@ -27,10 +27,11 @@ def detect_format(path: str | Path) -> str:
 
 
 def build_loader(backend_name: str, path: str, *, aug, batch_size: int, device, workers: int,
-                 rank: int = 0, world_size: int = 1, seed: int = 0):
+                 rank: int = 0, world_size: int = 1, seed: int = 0, dtype=None, compiled: bool = False):
     """A `TwoViewLoader` over `path`: iterates (view1, view2) batches of `batch_size` per process,
     augmented with the recipe `aug` (an AugSpec) on `device`, this rank's shard of a seeded,
-    per-epoch shuffle, the last partial batch dropped.
+    per-epoch shuffle, the last partial batch dropped. The views come out in `dtype` (default
+    float32), through the compiled photometric chain when `compiled`.
 
     Every backend yields the same shapes and dtype; they differ in where decoding happens.
     """
@@ -39,7 +40,7 @@ def build_loader(backend_name: str, path: str, *, aug, batch_size: int, device, 
     make_crops = resolve(backend(backend_name).crops)
     crops = make_crops(path, aug=aug, batch_size=batch_size, device=device, rank=rank,
                        world_size=world_size, seed=seed, workers=workers)
-    return TwoViewLoader(crops, aug, seed=seed, rank=rank)
+    return TwoViewLoader(crops, aug, seed=seed, rank=rank, dtype=dtype, compiled=compiled)
 
 
 def build_eval_loader(backend_name: str, path: str, *, size: int, resize: int, mean, std, batch_size: int,

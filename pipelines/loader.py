@@ -31,13 +31,18 @@ class CropSource(Protocol):
 
 
 class TwoViewLoader:
-    """Iterates (view1, view2): float, normalized, channels-last, on the device."""
+    """Iterates (view1, view2): normalized views in `dtype` (the training dtype: bf16 on CUDA; None:
+    float32), in the crops' memory format, on the device. `compiled`: the photometric chain runs
+    as one torch.compile(fullgraph=True) graph per shape (pipelines.augment.compiled_apply_view)."""
 
-    def __init__(self, crops: CropSource, aug: AugSpec, seed: int = 0, rank: int = 0):
+    def __init__(self, crops: CropSource, aug: AugSpec, seed: int = 0, rank: int = 0,
+                 dtype: torch.dtype | None = None, compiled: bool = False):
         self.crops = crops
         self.aug = aug
         self.seed = seed
         self.rank = rank
+        self.dtype = dtype or torch.float32
+        self.compiled = compiled
         self.epoch = 0
 
     @property
@@ -53,7 +58,7 @@ class TwoViewLoader:
 
     def augment(self, crops1: Tensor, crops2: Tensor, index: int) -> tuple[Tensor, Tensor]:
         generator = torch.Generator().manual_seed(batch_seed(self.seed, self.rank, self.epoch, index))
-        return augment_pair(crops1, crops2, self.aug, generator)
+        return augment_pair(crops1, crops2, self.aug, generator, self.dtype, self.compiled)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         for index, (crops1, crops2, _labels) in enumerate(self.crops):

@@ -158,3 +158,17 @@ def test_the_online_knn_monitor_logs_every_n_epochs(images, tiny_config, tmp_pat
     records = [r for r in runlog.read(loop.pretrain(cfg) / "log.jsonl") if "knn_top1" in r]
     assert [r["epoch"] for r in records] == [1, 2]
     assert all(0 <= r["knn_top1"] <= r["knn_top5"] <= 100 for r in records)
+
+
+@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_the_loader_hands_the_step_views_in_the_training_dtype(images, tiny_config, tmp_path, precision,
+                                                               dtype):
+    from fastbt import dist
+    from fastbt.run import build_run
+
+    cfg = tiny_config(images, tmp_path / "run", f"runtime.precision={precision}")
+    run = build_run(cfg, dist.World(rank=0, size=1, local_rank=0, device=torch.device("cpu")))
+    assert (run.loader.dtype, run.loader.compiled) == (dtype, cfg.runtime.compile)
+    run.loader.set_epoch(0)
+    view1, view2 = next(iter(run.loader))
+    assert view1.dtype == view2.dtype == dtype and view1.shape == (16, 3, 32, 32)
