@@ -61,18 +61,41 @@ def _clear(out: Path) -> None:
     shutil.rmtree(out)
 
 
-def run(out: Path, overrides: list[str], fresh: bool = False) -> dict:
+def generate_data(data: Path) -> None:
+    """data/train and data/val: the shape textures (fixed seeds: every demo sees the same images)."""
+    from fastbt.demo_data import make_demo_folder
+
+    for split, per_class, seed in (("train", TRAIN_PER_CLASS, 0), ("val", VAL_PER_CLASS, 1)):
+        if not (data / split).exists():
+            tmp = data / f"{split}.partial"
+            shutil.rmtree(tmp, ignore_errors=True)
+            n = make_demo_folder(tmp, per_class, IMAGE_SIZE, seed=seed)
+            tmp.rename(data / split)
+            print(f"demo: generated {n} {split} images in {data / split}")
+
+
+def convert_train(data: Path) -> Path:
+    """data/train_ffcv: the train split as an FFCV dataset (`fastbt convert`)."""
+    from pipelines.convert import convert
+    from pipelines.options import Options
+
+    beton = data / "train_ffcv"
+    if not beton.exists():
+        convert(data / "train", beton, Options("ffcv", max_resolution=IMAGE_SIZE), workers=2)
+    return beton
+
+
+def run(out: Path, overrides: list[str], fresh: bool = False, with_profile: bool = True) -> dict:
+    """The demo in `out`; returns kNN results {"pretrained": ..., "random init": ...}. `with_profile`
+    False skips stage 4 (scripts that compare many runs)."""
     import torch
 
     from fastbt import config, loop, plot
-    from fastbt.demo_data import make_demo_folder
     from fastbt.eval_config import proportional_resize
     from fastbt.evaluate import KnnEval
     from fastbt.model import build_backbone
     from fastbt.profile import profile
     from fastbt.weights import load_backbone
-    from pipelines.convert import convert
-    from pipelines.options import Options
 
     out = Path(out)
     if fresh:
@@ -87,17 +110,9 @@ def run(out: Path, overrides: list[str], fresh: bool = False) -> dict:
         clock = now
 
     data = out / "data"
-    for split, per_class, seed in (("train", TRAIN_PER_CLASS, 0), ("val", VAL_PER_CLASS, 1)):
-        if not (data / split).exists():
-            tmp = data / f"{split}.partial"
-            shutil.rmtree(tmp, ignore_errors=True)
-            n = make_demo_folder(tmp, per_class, IMAGE_SIZE, seed=seed)
-            tmp.rename(data / split)
-            print(f"demo: generated {n} {split} images in {data / split}")
+    generate_data(data)
     lap("generate data")
-    beton = data / "train_ffcv"
-    if not beton.exists():
-        convert(data / "train", beton, Options("ffcv", max_resolution=IMAGE_SIZE), workers=2)
+    beton = convert_train(data)
     lap("convert")
 
     base = config.load(CONFIG, overrides)
@@ -109,7 +124,7 @@ def run(out: Path, overrides: list[str], fresh: bool = False) -> dict:
     run_dir = loop.pretrain(cfg)
     lap("pretrain")
     profile_dir = out / "profile"
-    if not (profile_dir / "report.json").exists():
+    if with_profile and not (profile_dir / "report.json").exists():
         profile(config.load(CONFIG, [*cfg_overrides, *PROFILE]), profile_dir)
     lap("profile")
 
@@ -136,10 +151,12 @@ def summary(cfg, run_dir: Path, profile_dir: Path, curves: Path, results: dict, 
     rates = [r["pairs_per_s"] for r in records if "pairs_per_s" in r and not r["includes_warmup"]]
     pairs_per_s = sorted(rates)[len(rates) // 2] if rates else float("nan")  # median: robust to load
     steps = max((r["step"] for r in records), default=0)
-    report = load(profile_dir / "report.json")
-    phases = {p: t for p, t in report["phases"].items() if t is not None}
-    where = ", ".join(f"{PHASE_NAMES[p]} {t / report['phase_step_s']:.0%}"
-                      for p, t in sorted(phases.items(), key=lambda kv: -kv[1]))
+    where = "not profiled"
+    if (profile_dir / "report.json").exists():
+        report = load(profile_dir / "report.json")
+        phases = {p: t for p, t in report["phases"].items() if t is not None}
+        where = ", ".join(f"{PHASE_NAMES[p]} {t / report['phase_step_s']:.0%}"
+                          for p, t in sorted(phases.items(), key=lambda kv: -kv[1])) + " (profile)"
     pre, rnd = results["pretrained"], results["random init"]
     size = cfg.eval.size
     lines = [
@@ -151,7 +168,7 @@ def summary(cfg, run_dir: Path, profile_dir: Path, curves: Path, results: dict, 
         + ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in times.items()),
         f"  {'training speed':22s} {1e3 * cfg.train.batch_size / pairs_per_s:.0f} ms per step, "
         f"{pairs_per_s:.0f} pairs/s (median after warm-up)",
-        f"  {'where a step goes':22s} {where} (profile)",
+        f"  {'where a step goes':22s} {where}",
         f"  {'kNN top-1, val':22s} pretrained {pre['top1']:.1f}%, random init {rnd['top1']:.1f}%: "
         f"{pre['top1'] - rnd['top1']:+.1f} points (chance {100 / num_classes:.0f}%; k={cfg.eval.knn.k}, "
         f"{size} px center crops, both)",
@@ -160,7 +177,8 @@ def summary(cfg, run_dir: Path, profile_dir: Path, curves: Path, results: dict, 
         "  outputs",
         f"    {'curves':20s} {curves}",
         f"    {'run':20s} {run_dir}/ (config.yaml, log.jsonl, checkpoints, backbone.pth)",
-        f"    {'profile':20s} {profile_dir / 'report.md'} (+ phases.png, throughput.png)",
+        *([f"    {'profile':20s} {profile_dir / 'report.md'} (+ phases.png, throughput.png)"]
+          if (profile_dir / "report.json").exists() else []),
         f"    {'data':20s} {Path(cfg.eval.train).parent}/ (train/, val/ images; train_ffcv/ .beton)",
         "",
         f"  next: fastbt eval knn --weights {run_dir / 'backbone.pth'}   (the run's settings and "

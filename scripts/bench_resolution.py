@@ -6,7 +6,7 @@ synthetic normalized views (the profiler's "step alone"), timed interleaved: one
 round, `--rounds` rounds; median seconds per step and spread ((max - min) / median) per size.
 
 1. the tiny config (configs/tiny_cpu.yaml: ResNet-18, 512-512 projector, batch 128, fp32) at its
-   demo schedule's start and end sizes (24 and 32 px: scripts/knn_resolution.py's RAMP);
+   demo schedule's start and end sizes (24 and 32 px: scripts/knn_resolution.py's ramp);
 2. the fast preset's sizes (160, 192, 224 px) with the same ResNet-18 at a small batch (the CPU
    stands in for the GPU: ResNet-50 on a GPU is not measured here), then configs/fast.yaml's
    100-epoch schedule priced with the measured ratios, against all epochs at 224 px, and the
