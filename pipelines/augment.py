@@ -513,13 +513,25 @@ def compiled_apply_view(x: Tensor, view: ViewSpec, p: ViewParams,
     On CPU the graph runs on equal chunks of the batch (one chunk shape per batch shape, so one
     graph), as the eager path does: its loops pass over their whole input one after the other, and
     at 224 px 8 images at a time ran ~1.5x faster than a batch of 32 (16 at a time: slower again;
-    1-4: a little slower).
+    1-4: a little slower). Each chunk goes through the graph in NCHW (`_compiled_cpu_chunk`).
     """
     global _compiled_apply_view
     if _compiled_apply_view is None:
         _compiled_apply_view = torch.compile(apply_view, fullgraph=True, dynamic=False)
-    step = _largest_divisor(len(x), _images_per(COMPILED_CPU_CHUNK_BYTES, x)) if x.device.type == "cpu" else len(x)
-    return _in_chunks(_compiled_apply_view, step, x, view, p, mean, std, dtype)
+    if x.device.type != "cpu":
+        return _compiled_apply_view(x, view, p, mean, std, dtype)
+    step = _largest_divisor(len(x), _images_per(COMPILED_CPU_CHUNK_BYTES, x))
+    return _in_chunks(_compiled_cpu_chunk, step, x, view, p, mean, std, dtype)
+
+
+def _compiled_cpu_chunk(x: Tensor, view: ViewSpec, p: ViewParams, mean, std, dtype) -> Tensor:
+    """The graph on an NCHW copy of a channels-last chunk, its output copied back to channels-last:
+    inductor's CPU loops over interleaved (channels-last) pixels ran ~1.5x slower than the NCHW
+    graph plus these two eager layout copies (uint8 in, output out)."""
+    if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+        return _compiled_apply_view(x, view, p, mean, std, dtype)
+    out = _compiled_apply_view(x.contiguous(), view, p, mean, std, dtype)
+    return out.contiguous(memory_format=torch.channels_last)
 
 
 def _largest_divisor(n: int, at_most: int) -> int:
