@@ -285,16 +285,24 @@ def _separable_conv(x: Tensor, kernel: Tensor) -> Tensor:
 
 
 def _separable_conv_by_shifts(x: Tensor, kernel: Tensor) -> Tensor:
-    """`_separable_conv` as sums of shifted slices of explicitly padded copies: pointwise code with
-    contiguous loads, which inductor vectorizes (the grouped conv is a slow opaque call here,
-    and reflect padding left to indexing makes it fall back to scalar loads)."""
-    n, _, h, w = x.shape
-    k = kernel.shape[1]
-    taps = [_bcast(kernel[:, j]) for j in range(k)]
-    y = _reflect_pad(x, k // 2, dim=3)
-    y = sum(taps[j] * y[..., j:j + w] for j in range(k))
-    y = _reflect_pad(y, k // 2, dim=2)
-    return sum(taps[j] * y[..., j:j + h, :] for j in range(k))
+    """`_separable_conv` with symmetric kernels (gaussian, or the one-hot identity) as sums of
+    shifted slices of explicitly padded copies: pointwise code with contiguous loads, which inductor
+    vectorizes (the grouped conv is a slow opaque call here, and reflect padding left to indexing
+    makes it fall back to scalar loads)."""
+    _, _, h, w = x.shape
+    r = kernel.shape[1] // 2
+    taps = [_bcast(kernel[:, j]) for j in range(r + 1)]
+    y = _reflect_pad(x, r, dim=3)
+    y = _symmetric_taps(taps, lambda j: y[..., j:j + w])
+    y = _reflect_pad(y, r, dim=2)
+    return _symmetric_taps(taps, lambda j: y[..., j:j + h, :])
+
+
+def _symmetric_taps(taps: list[Tensor], shifted) -> Tensor:
+    """sum_j t_j shifted(j) over j = 0..2r with t_j = t_{2r-j} (taps holds t_0..t_r): pairing the
+    mirrored shifts halves the multiplies (the whole compiled view ran ~10% faster)."""
+    r = len(taps) - 1
+    return taps[r] * shifted(r) + sum(taps[j] * (shifted(j) + shifted(2 * r - j)) for j in range(r))
 
 
 def _reflect_pad(x: Tensor, r: int, dim: int) -> Tensor:
