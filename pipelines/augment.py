@@ -519,9 +519,10 @@ def compiled_apply_view(x: Tensor, view: ViewSpec, p: ViewParams,
     """`apply_view` through torch.compile(fullgraph=True), compiled once per shape and view.
 
     On CPU the graph runs on equal chunks of the batch (one chunk shape per batch shape, so one
-    graph), as the eager path does: its loops pass over their whole input one after the other, and
-    at 224 px 8 images at a time ran ~1.5x faster than a batch of 32 (16 at a time: slower again;
-    1-4: a little slower). Each chunk goes through the graph in NCHW (`_compiled_cpu_chunk`).
+    graph), as the eager path does: each of its loops passes over its whole input, and the buffers
+    between them are fresh memory. Interleaved with eager work (as in the bench), 8 images at
+    224 px at a time ran ~1.5x faster than a batch of 32 (4: about the same, 16: slower). Each
+    chunk goes through the graph in NCHW (`_compiled_cpu_chunk`).
     """
     global _compiled_apply_view
     if _compiled_apply_view is None:
