@@ -3,6 +3,7 @@ pipelines it replaces, in the same run on the same uint8 crops.
 
     .venv/bin/python scripts/bench_augment.py                 # CPU, 64 x 224 px
     .venv/bin/python scripts/bench_augment.py --compile --threads 1 --batch 32   # + compiled
+    .venv/bin/python scripts/bench_augment.py --compile --threads 1 --batch 32 --layout nchw
     .venv/bin/python scripts/bench_augment.py --device cuda --batch 256 --compile --dtype bf16
 
 Every row does the two Barlow Twins views (jitter, grayscale, blur, solarize, normalize) of each
@@ -89,6 +90,8 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time the compiled batched ops")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="batched ops' output")
     ap.add_argument("--skip-per-image", action="store_true", help="omit the per-image rows")
+    ap.add_argument("--layout", default="channels_last", choices=["channels_last", "nchw"],
+                    help="the crops' memory format (the torchvision loader hands over channels-last)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -96,8 +99,9 @@ def main() -> None:
 
     spec = AugSpec(size=args.size)
     shape = (args.batch, 3, args.size, args.size)
+    memory_format = torch.channels_last if args.layout == "channels_last" else torch.contiguous_format
     x1, x2 = (torch.randint(0, 256, shape, dtype=torch.uint8, device=args.device)
-              .contiguous(memory_format=torch.channels_last) for _ in range(2))
+              .contiguous(memory_format=memory_format) for _ in range(2))
     gen = torch.Generator().manual_seed(0)
 
     def per_image(f1, f2):
@@ -116,7 +120,7 @@ def main() -> None:
     if args.compile:
         rows.append((compiled, lambda a, b: augment_pair(a, b, spec, gen, dtype, compiled=True), (x1, x2)))
 
-    print(f"device {args.device}, batch {args.batch}, {args.size} px, two views, output {args.dtype}, "
+    print(f"device {args.device}, batch {args.batch}, {args.size} px {args.layout} crops, two views, output {args.dtype}, "
           f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}, {args.reps} interleaved rounds")
     rates = interleaved_rates(rows, args.reps, args.device)
     median = {name: statistics.median(r) for name, r in rates.items()}
