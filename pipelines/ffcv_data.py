@@ -7,7 +7,8 @@ in their order (a seeded shuffle of the source), so FFCV and DALI datasets made 
 options hold byte-identical JPEGs in the same order, and an image is decoded and encoded once.
 FFCV's writer must know the number of samples before it starts, which is only known after every
 file has been tried; packing afterwards also gives FFCV conversions the shards' resume. `ffcv` is
-imported inside the functions: the import alone takes seconds.
+imported inside the functions (the import alone takes seconds), each under `torch_threads_kept`
+(importing ffcv changes torch's thread count: `pipelines.ffcv_threads`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from PIL import Image
 
 from pipelines import manifest
 from pipelines.errors import DISK_FULL, DataError, NoSpace
+from pipelines.ffcv_threads import torch_threads_kept
 from pipelines.shards import shard_samples
 
 if TYPE_CHECKING:  # torch and pipelines.loader are imported where used: `convert` needs neither
@@ -75,6 +77,7 @@ def _store_encoded_jpeg(destination, value, malloc) -> None:
     storage[:] = data
 
 
+@torch_threads_kept()
 def write_beton(path: Path, shards: list[Path], workers: int, progress: bool = True) -> int:
     """Pack the shards' JPEGs and labels into a .beton at `path` (via `path.tmp`, renamed when
     complete) with FFCV's own DatasetWriter, watched so that a failing writer process ends the
@@ -116,6 +119,7 @@ def write_beton(path: Path, shards: list[Path], workers: int, progress: bool = T
     return len(data)
 
 
+@torch_threads_kept()
 def beton_size_bound(sizes: np.ndarray, metadata_bytes: int, page_size: int, workers: int) -> int:
     """The most bytes ffcv 1.0.2's writer can make of samples with these JPEG sizes: a header,
     the metadata, then whole pages (each worker fills its own; a sample never straddles two, so a
@@ -130,6 +134,7 @@ def beton_size_bound(sizes: np.ndarray, metadata_bytes: int, page_size: int, wor
 
 # ---- reading a .beton without a Loader (inspect) ---------------------------------------------
 
+@torch_threads_kept()
 def check_header(path: Path) -> None:
     """Check a .beton's header against what fastbt writes and against the file's size, before
     ffcv's Reader allocates what the header says (a corrupt count once asked for 1.49 EiB).
@@ -158,6 +163,7 @@ def check_header(path: Path) -> None:
                          f"file's data ({size} bytes)")
 
 
+@torch_threads_kept()
 def beton_contents(path: Path):
     """(labels, widths, heights, jpeg(i)) of a .beton, read with FFCV's own Reader (no JIT).
     Raises ValueError when the file's structure does not hold together."""
@@ -215,20 +221,6 @@ def _threads(workers: int) -> int:
     return max(1, min(workers, numba.config.NUMBA_NUM_THREADS))
 
 
-@contextlib.contextmanager
-def _torch_threads_kept():
-    """Keep the caller's torch thread count: importing ffcv sets it to 1, and ffcv's Loader to its
-    worker count, when built and at each epoch. (On a CPU, torch's threads spinning beside FFCV's
-    made the end-to-end rate vary 1.7-87 pairs/s; the caller should choose.)"""
-    import torch
-
-    threads = torch.get_num_threads()
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _to_tensor(device: torch.device, *ops) -> list:
     """What ends a pipeline: a tensor, on a GPU moved there by FFCV's ToDevice (from pinned memory,
     on its own CUDA streams)."""
@@ -261,7 +253,7 @@ class _Batches:
         return len(self.loader)
 
     def __iter__(self):
-        with _torch_threads_kept():
+        with torch_threads_kept():
             batches = iter(self.loader)
         try:
             yield from batches
@@ -275,7 +267,7 @@ class _Batches:
 class FFCVCrops:
     """Crop source over a .beton (see pipelines.loader.CropSource): one decode, two crops."""
 
-    @_torch_threads_kept()
+    @torch_threads_kept()
     def __init__(self, path, aug: AugSpec, batch_size: int, device, rank: int, world_size: int,
                  seed: int, workers: int):
         from ffcv.fields.basics import IntDecoder
@@ -335,7 +327,7 @@ class _CenterCrops:
             yield _nchw(images), _owned(labels)
 
 
-@_torch_threads_kept()
+@torch_threads_kept()
 def ffcv_center_crops(path: str, *, size: int, resize: int, mean, std, batch_size: int, device,
                       rank: int = 0, world_size: int = 1, workers: int) -> NormalizedBatches:
     """Evaluation batches (see pipelines.build_eval_loader). FFCV's center-crop decoder keeps the
