@@ -26,7 +26,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_cpu.yaml"
 TRAIN_PER_CLASS, VAL_PER_CLASS, IMAGE_SIZE = 200, 50, 64
 PROFILE = ["profile.steps=2", "profile.warmup_steps=2"]  # x profile.repeats (5) interleaved windows
 # What the demo takes on the machine CI runs on (2 cores); `fastbt demo --help` says it.
-EXPECTED = "about 5 minutes on 2 idle CPU cores"
+EXPECTED = "about 4 minutes on 2 idle CPU cores"
 DESCRIPTION = f"""\
 Show what fastbt does, end to end, on a CPU ({EXPECTED}):
 
