@@ -20,7 +20,7 @@ import re
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import torch
 from torch import Tensor, nn
@@ -36,12 +36,18 @@ _NAME = re.compile(r"ckpt_(\d+)\.pt$")
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to `path` via a temporary file, fsync and rename (the directory is fsynced too)."""
+    """torch.save to `path` atomically (see atomic_write)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """write(f) to `path` via a temporary file, fsync and rename (the directory is fsynced too): a
+    reader sees the old file or the new one, never a torn one. A full disk is one line naming `path`."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

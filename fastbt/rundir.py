@@ -228,12 +228,7 @@ def _cut_log(path: Path, step: int) -> None:
     kept = [line for line in lines if _logged_by_then(line, step)]
     if len(kept) == len(lines):
         return
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write("".join(line + "\n" for line in kept))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    checkpoint.atomic_write(path, lambda f: f.write("".join(line + "\n" for line in kept).encode()))
 
 
 def _logged_by_then(line: str, step: int) -> bool:
