@@ -47,7 +47,7 @@ Stages whose output exists are skipped on a second run (--fresh starts over)."""
 DEMO_OUTPUTS = {"data", "run", "profile"}  # what a demo writes into its --out folder
 
 
-def _clear(out: Path) -> None:
+def clear(out: Path) -> None:
     """Delete a previous demo's folder (--fresh); refuse a folder holding anything a demo did not write."""
     from pipelines.errors import DataError
 
@@ -99,7 +99,7 @@ def run(out: Path, overrides: list[str], fresh: bool = False, with_profile: bool
 
     out = Path(out)
     if fresh:
-        _clear(out)
+        clear(out)
     times: dict[str, float] = {}
     clock = time.perf_counter()
 

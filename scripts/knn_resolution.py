@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ def ramp_overrides(epochs: int, start: int = 24) -> list[str]:
 
 def one_run(data: Path, out: Path, seed: int, arm: list[str], extra: list[str]) -> dict:
     """One demo run in `out` on the shared `data`; the wall time covers pretraining and evaluation."""
-    shutil.rmtree(out, ignore_errors=True)
+    demo.clear(out)  # a previous run's folder; refuses one holding anything a demo did not write
     out.mkdir(parents=True)
     (out / "data").symlink_to(data.resolve())
     began = time.perf_counter()

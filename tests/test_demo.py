@@ -55,11 +55,11 @@ def test_fresh_deletes_only_a_demo_folder(tmp_path):
     (mine / "thesis.txt").write_text("years of work")
     (mine / "run").mkdir()
     with pytest.raises(DataError, match="thesis.txt, which no demo wrote"):
-        demo._clear(mine)
+        demo.clear(mine)
     assert (mine / "thesis.txt").read_text() == "years of work" and (mine / "run").is_dir()
 
     previous = tmp_path / "previous"
     for name in demo.DEMO_OUTPUTS:
         (previous / name).mkdir(parents=True)
-    demo._clear(previous)
+    demo.clear(previous)
     assert not previous.exists()
