@@ -111,7 +111,6 @@ PROBE_FILES = re.compile(r"\.?(probe\.json|log\.jsonl|ckpt_\d{9}\.pt)(\.tmp)?")
 def claim_out_dir(out_dir: Path, setup: dict) -> None:
     """Make `out_dir` this probe's (a new or empty folder gets MARKER), or check that it is one with
     the same setup (to resume it). Anything else is refused before a file is touched."""
-    rundir.refuse_run_dir(out_dir, "the linear probe")
     found = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
     if not found:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -144,6 +143,7 @@ def linear_probe(cfg: Config, weights: str | Path, cached: bool = False,
     ev, lin = cfg.eval, cfg.eval.linear
     name = "linear_cached" if cached else "linear"
     out_dir = Path(out_dir) if out_dir else Path(weights).with_name(f"{Path(weights).stem}_{name}")
+    rundir.refuse_run_dir(out_dir, "the linear probe")
     device = dist.pick_device(cfg.runtime.device, 0)
     backbone, width = load_backbone(weights, cfg.model.arch)
     train, val = train_and_val(*labeled_paths(ev))
