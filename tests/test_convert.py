@@ -450,3 +450,15 @@ def test_two_conversions_into_one_out_started_apart_one_refused_the_other_intact
     assert main(["inspect", str(out)]) == 0  # every file as the manifest lists it, every image decodes
     assert sorted(p.name for p in out.iterdir()) == sorted([manifest.MANIFEST_NAME, *(
         name for f in m.files for name in (f.path, f.index) if name)])
+
+
+def test_a_file_name_with_a_newline_stays_on_one_line_in_messages_and_the_unreadable_list(tmp_path, capsys):
+    src = tmp_path / "src"
+    make_image_folder(src, classes=("a", "b"), per_class=2)
+    (src / "a" / "bad\nname.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match="1 of 5 image files are unreadable"):
+        convert(src, tmp_path / "out", Options("dali", max_unreadable=0.0), workers=1, progress=False)
+    listing = (tmp_path / "out.partial" / convert_module.UNREADABLE_LIST).read_text().splitlines()
+    assert len(listing) == 1 and listing[0].startswith("a/bad\\nname.jpg\t")
+    err = capsys.readouterr().err.splitlines()
+    assert any(line.endswith("a/bad\\nname.jpg: not an image") or "a/bad\\nname.jpg:" in line for line in err)
