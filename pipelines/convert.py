@@ -18,6 +18,7 @@ creates with a unique name, and only that folder is removed.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -30,16 +31,18 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Iterator
 
 from tqdm import tqdm
 
-from pipelines import dali_data, ffcv_data, manifest, shards
+from pipelines import dali_data, ffcv_data, folder_lock, manifest, shards
 from pipelines.errors import DISK_FULL, DataError, NoSpace
 from pipelines.shards import ShardJob, ShardResult
 from pipelines.options import Options
 from pipelines.source import Source, printable, scan
 
 JOURNAL_NAME = "journal.jsonl"
+LOCK_NAME = ".lock"  # in OUT.partial: one conversion at a time (pipelines.folder_lock)
 SPOOL_NAME = "shards"  # FFCV only: where the shards wait to be packed
 UNREADABLE_LIST = "unreadable.txt"  # written into OUT.partial when too many files are unreadable
 SHOW_UNREADABLE = 20  # how many unreadable files a failing run prints (all go to the list)
@@ -60,6 +63,12 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, options: Options, *,
     if workers is not None and workers < 1:
         raise DataError(f"workers {workers}: expected 1 or more")
     workers = workers or len(os.sched_getaffinity(0))
+    with _locked(out, partial):
+        return _convert(src, out, partial, options, workers, overwrite, progress, log)
+
+
+def _convert(src: Path, out: Path, partial: Path, options: Options, workers: int, overwrite: bool,
+             progress: bool, log) -> manifest.Manifest:
     start = time.perf_counter()
 
     source = scan(src, options.limit)
@@ -133,6 +142,31 @@ def _check_destination(src: Path, out: Path, partial: Path, overwrite: bool) -> 
         raise DataError(f"{out}: exists and is not a fastbt dataset; refusing to replace it ({why})")
 
 
+@contextlib.contextmanager
+def _locked(out: Path, partial: Path) -> Iterator[None]:
+    """Hold OUT.partial's lock for the whole conversion: a second conversion into the same OUT is
+    refused in one line, touching nothing (it would take the first's work for its own to resume)."""
+    created = not partial.exists()
+    try:
+        handle = folder_lock.hold(partial, LOCK_NAME)
+    except folder_lock.FolderBusy as busy:
+        raise DataError(f"{printable(out)}: another fastbt convert is writing it ({busy.holder}); wait for "
+                        "it to end, or choose another OUT") from None
+    except OSError as err:
+        raise DataError(f"cannot create {printable(partial)}: {err.strerror or err}") from None
+    try:
+        # the file locked may be one its holder removed just before (finished, or nothing written)
+        if os.fstat(handle.fileno()).st_ino != os.stat(partial / LOCK_NAME).st_ino:
+            raise DataError(f"{printable(out)}: another fastbt convert just finished or gave up writing "
+                            "it; run the command again")
+        yield
+    finally:
+        if created and partial.is_dir() and [p.name for p in partial.iterdir()] == [LOCK_NAME]:
+            (partial / LOCK_NAME).unlink()  # nothing was written: leave no empty OUT.partial behind
+            partial.rmdir()
+        handle.close()
+
+
 def _fingerprint(source: Source) -> str:
     """Identifies the list of samples, so a resumed run cannot mix two different sources."""
     h = hashlib.sha256(os.fsencode("\n".join(source.classes)))  # names as bytes: any encoding
@@ -145,36 +179,49 @@ def _fingerprint(source: Source) -> str:
 
 def _open_partial(partial: Path, shard_dir: Path, plan: dict, fmt: str, overwrite: bool,
                   log) -> dict[int, ShardResult]:
-    """Start OUT.partial, or resume it: returns the finished shards that still verify, by index."""
+    """Start OUT.partial (this run holds its lock), or resume it: returns the finished shards that
+    still verify, by index."""
     journal = partial / JOURNAL_NAME
-    if partial.exists():
-        if not journal.is_file() and any(partial.iterdir()):
+    old_plan, finished = _read_journal(journal) if journal.is_file() else (None, {})
+    if old_plan is None:  # nothing recorded: new, or cut short before its plan (e.g. a full disk)
+        work = {LOCK_NAME, JOURNAL_NAME, SPOOL_NAME}
+        if any(p.name not in work and not p.name.endswith(".tmp") for p in partial.iterdir()):
             raise DataError(f"{partial}: exists and is not an unfinished fastbt conversion; remove it")
-        old_plan, finished = _read_journal(journal) if journal.is_file() else (plan, {})
-        if old_plan == plan:
-            for leftover in partial.rglob("*.tmp"):  # half-written by the interrupted run
-                leftover.unlink()
-            kept = {}
-            for index, result in finished.items():
-                problem = _check_shard(shard_dir, result, fmt)
-                if problem:
-                    log(f"resume: redoing shard {index}: {printable(problem)}")
-                else:
-                    kept[index] = result
-            log(f"resume: {len(kept)} finished shard(s) in {printable(partial)} verified and kept")
-            shard_dir.mkdir(exist_ok=True)
-            if not journal.is_file():
-                _append(journal, {"plan": plan})
-            return kept
+        _discard_work(partial)
+    elif old_plan != plan:
         if not overwrite:
             changed = ", ".join(f"{k} {old_plan.get(k)!r} -> {v!r}"
                                 for k, v in plan.items() if old_plan.get(k) != v)
             raise DataError(f"{partial}: an unfinished conversion with other settings ({changed}); "
                             "pass --overwrite to discard it")
-        shutil.rmtree(partial)
-    shard_dir.mkdir(parents=True)
+        _discard_work(partial)
+    else:
+        for leftover in partial.rglob("*.tmp"):  # half-written by the interrupted run
+            leftover.unlink()
+        kept = {}
+        for index, result in finished.items():
+            problem = _check_shard(shard_dir, result, fmt)
+            if problem:
+                log(f"resume: redoing shard {index}: {printable(problem)}")
+            else:
+                kept[index] = result
+        log(f"resume: {len(kept)} finished shard(s) in {printable(partial)} verified and kept")
+        shard_dir.mkdir(exist_ok=True)
+        return kept
+    shard_dir.mkdir(exist_ok=True)
     _append(journal, {"plan": plan})
     return {}
+
+
+def _discard_work(partial: Path) -> None:
+    """Empty OUT.partial of an earlier conversion's work; the lock this run holds stays."""
+    for path in partial.iterdir():
+        if path.name == LOCK_NAME:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def _append(journal: Path, record: dict) -> None:
@@ -369,5 +416,6 @@ def _move_into_place(partial: Path, out: Path) -> None:
     else:
         os.rename(partial, out)
     (out / JOURNAL_NAME).unlink()
+    (out / LOCK_NAME).unlink(missing_ok=True)  # still held by this run: no other can take it meanwhile
     (out / UNREADABLE_LIST).unlink(missing_ok=True)
     shutil.rmtree(out / SPOOL_NAME, ignore_errors=True)
