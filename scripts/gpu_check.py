@@ -189,7 +189,11 @@ def save_compile_cache(out: Path, first: int) -> None:
     of the compilation. One file per worker; skipped when it would not come back (too large)."""
     torch = sys.modules.get("torch")  # no torch imported: nothing compiled
     save = getattr(torch.compiler, "save_cache_artifacts", None) if torch else None
-    saved = save() if save else None
+    try:
+        saved = save() if save else None
+    except Exception as err:  # the cache is a bonus: never a reason to fail the run
+        print(f"gpu_check: compile cache not saved: {type(err).__name__}: {err}", flush=True)
+        return
     if saved and len(saved[0]) <= MAX_FILE_BYTES:
         write_bytes_atomically(out / f"compile_cache{'' if first == 0 else f'_{first}'}.bin", saved[0])
 

@@ -10,6 +10,7 @@
 # tiny model and small sizes (CI runs it). Without --dry-run on a machine without CUDA it says so in
 # one line and exits 0; where GPUs are listed but torch cannot use them it exits 2 naming the driver.
 set -uo pipefail
+CALLER=$PWD
 cd "$(dirname "$0")/.."
 DRY=()
 if [ "${1:-}" = "--dry-run" ]; then DRY=(--dry-run); shift; fi
@@ -25,4 +26,5 @@ if [ ${#DRY[@]} -eq 0 ]; then
     fi
 fi
 OUT_DIR=${1:-${OUT:-runs/gpu_check_$(date +%Y%m%d_%H%M%S)}}
+[ "${1:-}" ] && [ "${OUT_DIR#/}" = "$OUT_DIR" ] && OUT_DIR=$CALLER/$OUT_DIR  # relative to where it was called
 exec $PY scripts/gpu_check.py "${DRY[@]}" "$OUT_DIR"

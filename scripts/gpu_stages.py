@@ -202,7 +202,7 @@ def smoke(sizes: Sizes, scratch: Path) -> dict:
     if not torch.isfinite(loss):
         raise RuntimeError(f"the loss is {value}")
     return {"arch": sizes.arch, "batch": sizes.smoke_batch, "size": sizes.size, "loss": round(value, 3),
-            "view_dtype": str(rig.dtype), "channels_last": sizes.channels_last, "host_syncs": 0}
+            "view_dtype": str(rig.dtype or torch.float32), "channels_last": sizes.channels_last, "host_syncs": 0}
 
 
 def step_eager(sizes: Sizes, scratch: Path) -> dict:
@@ -329,7 +329,8 @@ def gpu_tests(sizes: Sizes, scratch: Path) -> dict:
         done = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-x", "-q", "-p", "no:cacheprovider",
                                "-k", selection, *files], cwd=ROOT, capture_output=True, text=True)
         print(done.stdout[-4000:], done.stderr[-2000:], flush=True)
-        for n, what in re.findall(r"(\d+) (passed|failed|skipped|error)", done.stdout.splitlines()[-1]):
+        last = next((line for line in reversed(done.stdout.splitlines()) if line.strip()), "")
+        for n, what in re.findall(r"(\d+) (passed|failed|skipped|error)", last):
             counts["errors" if what == "error" else what] += int(n)
         if done.returncode not in (0, 5):  # 5: nothing selected
             raise RuntimeError(f"pytest -k {selection!r} exited {done.returncode}: {counts}")

@@ -29,9 +29,15 @@ def needs(module: str):
     return pytest.mark.skipif(not found, reason=f"{module} not installed")
 
 
+def test_bench_loss_counts_the_per_rank_table():  # its timing cases run in gpu_check's loss_op stage
+    out = bench("bench_loss", "--per-rank-only", "--global-batch", "64", "--global-dim", "256", "--ranks", "1", "2")
+    assert "| 1 | gram |" in out and "FlopCounterMode" in out and "| 2 | direct |" in out
+
+
+@pytest.mark.slow  # a fresh process per timing case
 def test_bench_loss_prints_both_tables():
     out = bench("bench_loss", "--n", "64", "--dims", "256", "--reps", "1", "--threads", "1",
-                "--global-batch", "64", "--global-dim", "256", "--ranks", "1", "2")
+                "--global-batch", "64", "--global-dim", "256", "--ranks", "1")
     assert "| 1 | gram |" in out and "| 256 |" in out  # the per-rank table (W=1 counted), the timing row
 
 
@@ -40,6 +46,7 @@ def test_bench_augment_runs_every_row():
     assert "official PIL path" in out and "batched, eager" in out
 
 
+@pytest.mark.slow  # compiles LARS; its time_lars runs in gpu_check's lars stage (the dry run)
 def test_bench_optim_times_both_optimizers():
     out = bench("bench_optim", "--arch", "resnet18", "--projector", "32", "32", "--reps", "1")
     assert "| eager |" in out and "| compiled |" in out and "eager / compiled" in out
@@ -51,6 +58,7 @@ def test_bench_resolution_prices_the_schedule():
     assert "configs/fast.yaml" in out
 
 
+@pytest.mark.slow
 @pytest.mark.dist
 @needs("ffcv")
 @needs("nvidia.dali")
@@ -60,6 +68,7 @@ def test_bench_convert_converts_to_both_formats():
     assert "| ffcv | 1 |" in out and "| dali | 1 |" in out
 
 
+@pytest.mark.slow
 @pytest.mark.dist
 @needs("nvidia.dali")
 def test_bench_dali_epochs_times_both_modes():

@@ -90,7 +90,8 @@ def test_gpu_check_runs_the_venv_python_when_there_is_one_else_python3(tmp_path,
     done = subprocess.run(["bash", "scripts/gpu_check.sh", "--dry-run", "OUT_A"], cwd=checkout, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert calls.read_text().splitlines() == [f"{'venv ' if venv else ''}scripts/gpu_check.py --dry-run OUT_A"]
+    assert calls.read_text().splitlines() == [
+        f"{'venv ' if venv else ''}scripts/gpu_check.py --dry-run {checkout}/OUT_A"]  # relative to the caller
 
 
 def test_gpu_check_writes_to_the_out_variable_when_no_folder_is_given(tmp_path):
