@@ -52,6 +52,7 @@ class Sizes:
     precision: str = "bf16"  # the step's (runtime.precision); the augmentation stage is bf16 always
     channels_last: bool = True
     threads: int = 0  # torch's CPU threads (0: torch's default)
+    end_to_end_compiled: bool = True  # runtime.compile in the end-to-end stages (as training runs)
 
 
 GPU = Sizes("cuda", "resnet50", (8192, 8192, 8192), batch=256, size=224, steps=15, smoke_batch=16,
@@ -60,7 +61,9 @@ GPU = Sizes("cuda", "resnet50", (8192, 8192, 8192), batch=256, size=224, steps=1
 # convolutions ran ~20x slower than fp32 and channels-last backward falls back to a slow kernel.
 # One thread: two OpenMP threads on a busy 2-core machine stall at every barrier.
 DRY = Sizes("cpu", "resnet18", (64, 64), batch=8, size=32, steps=3, smoke_batch=4, loss_n=64, loss_d=256,
-            reps=2, images=40, image_px=48, window_steps=2, precision="fp32", channels_last=False, threads=1)
+            reps=2, images=40, image_px=48, window_steps=2, precision="fp32", channels_last=False, threads=1,
+           end_to_end_compiled=False)  # step_compiled proves the compiled step; a cold CPU compile per
+                                       # backend would cost minutes each on 2 busy cores
 
 
 # ---- shared helpers -----------------------------------------------------------------------------
@@ -303,12 +306,12 @@ def end_to_end(sizes: Sizes, scratch: Path, backend: str) -> dict:
     folder = generated_jpegs(sizes, scratch)
     path = folder if backend == "torchvision" else converted(folder, scratch, backend)
     workers = len(os.sched_getaffinity(0))
-    cfg = training_config(sizes, True, sizes.batch, f"data.backend={backend}", f"data.path={path}",
+    cfg = training_config(sizes, sizes.end_to_end_compiled, sizes.batch, f"data.backend={backend}", f"data.path={path}",
                           f"data.workers={workers}", f"train.out_dir={scratch / 'run'}",
                           f"profile.steps={sizes.window_steps}", "profile.repeats=2", "profile.warmup_steps=2")
     measured = profile.measure(cfg, one_process(sizes.device), scratch)
     rates = {k: round(v, 1) for k, v in measured["global_pairs_per_s"].items()}
-    return {"backend": backend, "workers": workers, "batch": sizes.batch,
+    return {"backend": backend, "workers": workers, "batch": sizes.batch, "compiled": sizes.end_to_end_compiled,
             **{f"{k}_pairs_per_s": v for k, v in rates.items()},
             "bound": measured["verdict"]["bound"], "verdict": measured["verdict"]["summary"]}
 
