@@ -101,6 +101,7 @@ class RuntimeConfig:
     compile: bool = True
     compile_mode: Literal["default", "reduce-overhead", "max-autotune",
                           "max-autotune-no-cudagraphs"] = "default"
+    dist_timeout_s: int = 600  # a collective waiting this long for a lost process fails the run
 
 
 @dataclass(frozen=True)
