@@ -94,7 +94,8 @@ def from_env(device_preference: str = "auto") -> World:
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     size = int(os.environ.get("WORLD_SIZE", 1))
-    return World(rank=rank, local_rank=local_rank, size=size, device=pick_device(device_preference, local_rank))
+    device = pick_device(device_preference, local_rank)
+    return World(rank=rank, local_rank=local_rank, size=size, device=device)
 
 
 def init(device_preference: str = "auto", timeout_s: float = 600) -> World:
