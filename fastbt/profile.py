@@ -65,7 +65,7 @@ PREFETCH_PER_WORKER, PREFETCH_SLACK = 2, 3
 def profile(cfg: Config, out_dir: str | Path) -> Path:
     """Measure (every process), write the report (rank 0), return its folder."""
     out_dir = Path(out_dir)
-    world = dist.init(cfg.runtime.device)
+    world = dist.init(cfg.runtime.device, cfg.runtime.dist_timeout_s)
     try:
         if world.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)

@@ -90,15 +90,21 @@ class Run:
         return self.train(step, *self.views(batches, clock), clock, sync_grads)
 
 
-def build_run(cfg: Config, world: dist.World) -> Run:
-    if not cfg.data.path:
-        raise ConfigError("data.path is not set: give the dataset, e.g. data.path=/data/in1k_ffcv")
-    dist.seed_everything(cfg.train.seed)
-    loader = pipelines.build_loader(
+def build_train_loader(cfg: Config, world: dist.World):
+    """This process's loader: its shard of each epoch chosen by the GLOBAL rank (with the local
+    rank, every node would read the same shard and a 4-node job a quarter of the data)."""
+    return pipelines.build_loader(
         cfg.data.backend, cfg.data.path, aug=cfg.aug, batch_size=config.per_device_batch(cfg, world.size),
         device=world.device, rank=world.rank, world_size=world.size, seed=cfg.train.seed,
         workers=cfg.data.workers,  # views in the training dtype, the chain compiled with the step
         dtype=autocast_dtype(cfg.runtime.precision, world.device), compiled=cfg.runtime.compile)
+
+
+def build_run(cfg: Config, world: dist.World) -> Run:
+    if not cfg.data.path:
+        raise ConfigError("data.path is not set: give the dataset, e.g. data.path=/data/in1k_ffcv")
+    dist.seed_everything(cfg.train.seed)
+    loader = build_train_loader(cfg, world)
     derived = config.derive(cfg, world.size, loader.dataset_size)
     if len(loader) != derived.steps_per_epoch:
         raise RuntimeError(f"the {cfg.data.backend} loader gives {len(loader)} batches per epoch on "
