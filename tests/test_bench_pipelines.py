@@ -18,7 +18,7 @@ SMOKE = ["--images", "16", "--image-size", "48", "40", "--size", "32", "--batch"
 
 def test_the_script_imports_only_public_names_of_the_tree():
     tree = ast.parse(SCRIPT.read_text())
-    tests_modules = {p.stem for p in (ROOT / "tests").glob("*.py")}
+    tests_modules = {p.stem for p in (ROOT / "tests").glob("*.py")} | {"make_images", "mixing"}  # they were there
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             assert node.module.split(".")[0] not in tests_modules, node.module
