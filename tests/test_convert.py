@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from fastbt.cli import main
-from make_images import flat_image, make_image_folder
+from pipelines.sample_images import flat_image, make_image_folder
 from pipelines import convert as convert_module
 from pipelines import manifest, shards
 from pipelines.convert import convert

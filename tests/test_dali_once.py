@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import pipelines
-from make_images import make_image_folder
+from pipelines.sample_images import make_image_folder
 from pipelines.augment import AugSpec
 from pipelines.convert import convert
 from pipelines.options import Options

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import pipelines
-from make_images import make_image_folder
+from pipelines.sample_images import make_image_folder
 from pipelines.augment import AugSpec, ViewSpec
 from pipelines.convert import convert
 from pipelines.errors import DataError

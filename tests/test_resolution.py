@@ -12,7 +12,7 @@ import pipelines
 from fastbt import config
 from fastbt.model import build_model
 from fastbt.step import TrainStep
-from make_images import make_image_folder
+from pipelines.sample_images import make_image_folder
 from pipelines.augment import AugSpec
 from pipelines.convert import convert
 from pipelines.options import Options

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from fastbt.cli import main
-from make_images import make_image_folder
+from pipelines.sample_images import make_image_folder
 from pipelines import manifest
 from pipelines.convert import convert
 from pipelines.options import Options

@@ -22,7 +22,7 @@ import pytest
 
 import pipelines
 from fastbt.cli import main
-from make_images import make_image_folder
+from pipelines.sample_images import make_image_folder
 from pipelines import manifest, source
 from pipelines.augment import AugSpec
 from pipelines.convert import convert

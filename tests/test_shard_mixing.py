@@ -10,8 +10,8 @@ three shards. Printed figures: `pytest -s`.
 import pytest
 
 import pipelines
-from make_images import make_image_folder
-from mixing import class_sorted_shards, expected_distinct, mean_distinct, streamed_label_batches
+from pipelines.sample_images import make_image_folder
+from pipelines.class_mixing import class_sorted_shards, expected_distinct, mean_distinct, streamed_label_batches
 from pipelines.augment import AugSpec
 from pipelines.convert import convert
 from pipelines.options import Options

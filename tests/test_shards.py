@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from make_images import make_image_folder
+from pipelines.sample_images import make_image_folder
 from pipelines import convert as convert_module
 from pipelines import dali_data, ffcv_data, shards
 from pipelines.convert import convert

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from make_images import flat_image, make_image_folder
+from pipelines.sample_images import flat_image, make_image_folder
 from pipelines import source
 from pipelines.errors import DataError
 from pipelines.source import UnreadableImage, fit_within, read_rgb, scan
