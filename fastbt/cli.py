@@ -293,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunStopped as err:
         print(f"fastbt {args.command}: stopped: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # a second Ctrl-C in pretraining, or one before its loop
+        print(f"fastbt {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

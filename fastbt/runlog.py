@@ -11,7 +11,7 @@ from numbers import Number
 from pathlib import Path
 from typing import Any
 
-from fastbt.errors import ConfigError
+from fastbt.errors import ConfigError, RunDirError
 
 NOT_SCALARS = ("step",)  # the x axis, not a curve
 
@@ -24,8 +24,12 @@ class RunLog:
     def write(self, record: dict[str, Any]) -> None:
         if self.path is None:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as err:  # a full disk or a folder made read-only: one line, checkpoints kept
+            raise RunDirError(f"cannot write {self.path}: {err.strerror or err}; the checkpoints are "
+                              "intact: fix it and rerun to resume") from None
         if self.tensorboard is not None:
             for key, value in record.items():
                 if key not in NOT_SCALARS and isinstance(value, Number) and not isinstance(value, bool):
@@ -38,13 +42,18 @@ class RunLog:
             self.tensorboard = None
 
 
-def _summary_writer(log_dir: Path):
+def require_tensorboard():
+    """torch's SummaryWriter, or a ConfigError (checked before a run touches its directory)."""
     try:  # torch.utils.tensorboard needs the optional `tensorboard` package
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise ConfigError("logging.tensorboard is true but the tensorboard package is not installed: "
                           "pip install 'fastbt[tensorboard]', or set logging.tensorboard=false") from None
-    return SummaryWriter(log_dir=str(log_dir))
+    return SummaryWriter
+
+
+def _summary_writer(log_dir: Path):
+    return require_tensorboard()(log_dir=str(log_dir))
 
 
 def read(path: Path) -> list[dict[str, Any]]:
