@@ -8,11 +8,12 @@ here only, when a picture is drawn.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
 from fastbt import runlog
-from fastbt.errors import ConfigError
+from fastbt.errors import ConfigError, RunDirError
 
 CURVES = "curves.png"
 
@@ -33,7 +34,12 @@ def write_curves(run_dir: str | Path) -> Path:
     log = run_dir / "log.jsonl"
     if not log.is_file():
         raise ConfigError(f"{run_dir}: no log.jsonl (not a run directory, or no step logged yet)")
-    records = runlog.read(log)
+    try:
+        records, skipped = runlog.read_valid(log)
+    except OSError as err:
+        raise ConfigError(f"cannot read {log}: {err.strerror or err}") from None
+    if skipped:
+        print(f"fastbt: skipped {skipped} malformed line(s) of {log}", file=sys.stderr)
     fig = Figure(figsize=(10, 6.5), layout="constrained")
     (loss_ax, lr_ax), (rate_ax, knn_ax) = fig.subplots(2, 2, sharex=True)
 
@@ -71,8 +77,13 @@ def write_curves(run_dir: str | Path) -> Path:
     fig.suptitle(f"{'/'.join(run_dir.resolve().parts[-2:])}: {last} steps logged")
     path = run_dir / CURVES
     tmp = run_dir / f".{CURVES}.tmp.png"  # a reader never sees a half-written picture
-    fig.savefig(tmp, dpi=100)
-    tmp.replace(path)
+    try:
+        fig.savefig(tmp, dpi=100)
+        tmp.replace(path)
+    except OSError as err:  # a read-only or immutable run directory, a full disk
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise RunDirError(f"cannot write {path}: {err.strerror or err}") from None
     return path
 
 

@@ -7,6 +7,7 @@ scalars, at the record's step), so `tensorboard --logdir RUN_DIR/tb` shows what 
 from __future__ import annotations
 
 import json
+import math
 from numbers import Number
 from pathlib import Path
 from typing import Any
@@ -67,3 +68,41 @@ def read(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             lines.pop()
     return [json.loads(line) for line in lines if line.strip()]
+
+
+PLOTTED = ("loss", "lr", "pairs_per_s", "knn_top1", "knn_top5")  # what fastbt.plot draws
+
+
+def read_valid(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """(records, number of malformed lines skipped): like `read`, but a line that is not a JSON
+    object with a finite number as `step` and finite numbers in the drawn fields is skipped."""
+    raw = Path(path).read_bytes()
+    lines = raw.split(b"\n")
+    torn_tail = lines.pop() if lines else b""  # a last line still being written: not counted
+    records, skipped = [], 0
+    for line in [*lines, torn_tail]:
+        if not line.strip():
+            continue
+        record = _valid_record(line)
+        if record is not None:
+            records.append(record)
+        elif line is not torn_tail:
+            skipped += 1
+    return records, skipped
+
+
+def _valid_record(line: bytes) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    for key in ("step", *PLOTTED):
+        if key in record and not _finite_number(record[key]) and (key == "step" or record[key] is not None):
+            return None
+    return record if "step" in record else None
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
