@@ -151,7 +151,8 @@ def _lock(run_dir: Path):
         handle.flush()
         (run_dir / MARKER).touch()
     except OSError as err:  # a full disk or a read-only folder: one line, nothing else touched
-        handle.close()
+        with contextlib.suppress(OSError):  # closing flushes the unwritten line again
+            handle.close()
         raise RunDirError(f"cannot write {run_dir / LOCK}: {err.strerror or err}"
                           f"{_FREE_SPACE if checkpoint.disk_full(err) else ''}") from None
     return handle
