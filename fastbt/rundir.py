@@ -81,6 +81,7 @@ def _agreed(world: dist.World, decide: Callable[[], Any]) -> Any:
         result, message = box[0]
         if error is None and message is not None:
             error = RunDirError(message)
+            error.same_on_every_rank = True  # rank 0 prints it (fastbt.cli)
     if error is not None:
         raise error
     return result
