@@ -9,6 +9,7 @@ time, on preemption and at the end.
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from tqdm import tqdm
 
 from fastbt import checkpoint, config, dist, plot, rundir
 from fastbt.config import Config
-from fastbt.errors import ConfigError, RunStopped
+from fastbt.errors import ConfigError, RunDirError, RunStopped
 from fastbt.evaluate import KnnEval
 from fastbt.meter import Meter
 from fastbt.run import build_run
@@ -191,5 +192,6 @@ def _pretrain(cfg: Config, world: dist.World) -> Path:
         bar.close()
         log.close()
         if world.is_main:  # at the end, on preemption, on a stop: the run so far in one picture
-            plot.curves_at_exit(run_dir)
+            # a full disk or a read-only folder fails the picture too: its one line says it all
+            plot.curves_at_exit(run_dir, quiet=isinstance(sys.exc_info()[1], RunDirError))
 

@@ -87,14 +87,15 @@ def write_curves(run_dir: str | Path) -> Path:
     return path
 
 
-def curves_at_exit(run_dir: str | Path) -> Path | None:
+def curves_at_exit(run_dir: str | Path, quiet: bool = False) -> Path | None:
     """write_curves for the loop's end: a run that logged nothing gets no picture, and one that
-    cannot be drawn is a warning, never a failed run."""
+    cannot be drawn is a warning (none when `quiet`: the run already says why), never a failed run."""
     log = Path(run_dir) / "log.jsonl"
     if not log.is_file() or log.stat().st_size == 0:
         return None
     try:
         return write_curves(run_dir)
     except Exception as err:  # noqa: BLE001 - the run's result must not depend on its picture
-        print(f"fastbt: could not draw {CURVES} ({type(err).__name__}: {err})", file=sys.stderr)
+        if not quiet:
+            print(f"fastbt: could not draw {CURVES} ({type(err).__name__}: {err})", file=sys.stderr)
         return None

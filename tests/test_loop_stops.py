@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import matplotlib.figure
 import pytest
 import torch
 
@@ -88,6 +89,11 @@ def test_a_full_disk_while_logging_stops_in_one_line_and_keeps_the_checkpoint(im
         return open(path, mode, *args, **kwargs)
 
     monkeypatch.setattr(runlog, "open", full_at_the_fourth_record, raising=False)
+
+    def full(*args, **kwargs):  # the picture drawn at exit finds the disk full too
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full)
     assert main(["pretrain", os.devnull, *tiny, f"data.path={images}", f"train.out_dir={run_dir}",
                  "train.epochs=1", "train.checkpoint_every_steps=2"]) == 2
     err = capsys.readouterr().err
