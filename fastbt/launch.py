@@ -3,8 +3,9 @@ exit statuses. Every argument is torchrun's; the scripts in scripts/ launch thro
 
 torchrun ends with status 1 and a ChildFailedError traceback whenever a child fails, whatever the
 child's status. A fastbt refusal (bad config, a run directory in use, ...) is one line from rank 0
-and status 2 on every rank: when every failed child exited with status 2, this launcher exits with
-2 and nothing more (the others, stopped by torchrun meanwhile, do not count); any other failure is reported as torchrun reports it.
+and status 2 on every rank: when the first failed child exited with status 2 (and the others too,
+or were stopped by torchrun for it), this launcher exits with 2 and prints nothing more; any other
+failure is reported as torchrun reports it (status 1).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from fastbt.config import Config
 from fastbt.errors import ConfigError, RunDirError, RunStopped
 from fastbt.evaluate import KnnEval
 from fastbt.meter import Meter
-from fastbt.run import build_run
+from fastbt.run import build_run, require_data_path
 from fastbt.runlog import RunLog, require_tensorboard
 
 
@@ -85,8 +85,7 @@ def _kept(last_checkpoint: str | None) -> str:
 def check_paths(cfg: Config) -> None:
     """Refuse before anything is written: a missing dataset, or a run directory inside it (its
     files would become samples of a class named after it)."""
-    if not cfg.data.path:
-        raise ConfigError("data.path is not set: give the dataset, e.g. data.path=/data/in1k_ffcv")
+    require_data_path(cfg)
     data = Path(cfg.data.path).resolve()
     if not data.exists():
         raise ConfigError(f"data.path {cfg.data.path} does not exist")

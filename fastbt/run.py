@@ -91,9 +91,13 @@ class Run:
         return self.train(step, *self.views(batches, clock), clock, sync_grads)
 
 
-def build_run(cfg: Config, world: dist.World) -> Run:
+def require_data_path(cfg: Config) -> None:
     if not cfg.data.path:
         raise ConfigError("data.path is not set: give the dataset, e.g. data.path=/data/in1k_ffcv")
+
+
+def build_run(cfg: Config, world: dist.World) -> Run:
+    require_data_path(cfg)
     dist.seed_everything(cfg.train.seed)
     group = torch_dist.group.WORLD if world.distributed else None
 

@@ -40,7 +40,8 @@ CONFIG = "config.yaml"
 # Written (with the lock) into every directory a run uses: what makes a folder a run directory.
 MARKER = ".fastbt-run"
 # Temporary files of our own naming (checkpoint.atomic_write, plot) that a kill -9 can leave behind.
-STALE_TEMP = re.compile(r"^\.(ckpt_\d+\.pt|log\.jsonl|config\.yaml|backbone\.pth)\.tmp$|^\.curves\.png\.tmp\.png$|^config\.yaml\.tmp$")
+STALE_TEMP = re.compile(r"^\.(ckpt_\d+\.pt|log\.jsonl|config\.yaml|backbone\.pth)\.tmp$"
+                        r"|^\.curves\.png\.tmp\.png$|^config\.yaml\.tmp$")
 # What train.resume=restart moves aside (into RUN_DIR/previous-<time>/): the previous run's outputs.
 RUN_FILES = ("ckpt_*.pt", LOG, CONFIG, "backbone.pth")
 
