@@ -25,6 +25,7 @@ from PIL import Image
 # Zero coefficients decode to 128 in every channel; PIL reads Adobe (inverted) CMYK as 255 - 128.
 _FILL = {"RGB": {(128, 128, 128)}, "L": {128}, "CMYK": {(127, 127, 127, 127), (128, 128, 128, 128)}}
 _TJ_PIXEL_FORMAT = {"RGB": 0, "L": 6, "CMYK": 11}  # TJPF_RGB, TJPF_GRAY, TJPF_CMYK
+_TJERR_WARNING = 0
 
 
 def early_end(img: Image.Image, fp: BinaryIO) -> str | None:
@@ -55,26 +56,26 @@ def _turbojpeg() -> ctypes.CDLL | None:
         ctypes.c_int] * 5
     lib.tjGetErrorStr2.argtypes = [ctypes.c_void_p]
     lib.tjGetErrorStr2.restype = ctypes.c_char_p
+    lib.tjGetErrorCode.argtypes = [ctypes.c_void_p]
     return lib
 
 
 def _turbojpeg_warning(lib: ctypes.CDLL, data: bytes, pixel_format: int) -> str | None:
-    """libjpeg's first warning or error decoding `data` at 1/8 scale, or None when it decodes clean."""
+    """libjpeg's first warning decoding `data` at 1/8 scale, or None when it has none."""
     handle = lib.tjInitDecompress()
     if not handle:
         return None
     try:
         w, h, subsamp, colorspace = (ctypes.c_int() for _ in range(4))
         if lib.tjDecompressHeader3(handle, data, len(data), *map(ctypes.byref, (w, h, subsamp, colorspace))):
-            return _message(lib, handle)
+            return None  # PIL read this header: keep what it decoded
         sw, sh = -(-w.value // 8), -(-h.value // 8)  # the 1/8 DCT scale: cheapest decode
         out = ctypes.create_string_buffer(sw * sh * 4)
-        if lib.tjDecompress2(handle, data, len(data), out, sw, 0, sh, pixel_format, 0):
-            return _message(lib, handle)
+        failed = lib.tjDecompress2(handle, data, len(data), out, sw, 0, sh, pixel_format, 0)
+        # A warning (libjpeg went on, filling with gray) is the answer; a fatal error (a colour
+        # conversion turbojpeg lacks) says nothing about the data, and PIL did decode it.
+        if failed and lib.tjGetErrorCode(handle) == _TJERR_WARNING:
+            return lib.tjGetErrorStr2(handle).decode("ascii", "replace").strip()
         return None
     finally:
         lib.tjDestroy(handle)
-
-
-def _message(lib: ctypes.CDLL, handle: int) -> str:
-    return lib.tjGetErrorStr2(handle).decode("ascii", "replace").strip()
