@@ -78,3 +78,25 @@ def make_image_folder(root: str | Path, classes: Sequence[str] = ("class_a", "cl
             img.save(path, "JPEG", quality=quality)
             written.append(path)
     return sorted(written)
+
+
+def _segment_start(jpeg: bytes, markers: tuple[int, ...]) -> int:
+    """Offset of the first header segment whose marker is in `markers` (walks the segment lengths)."""
+    i = 2
+    while jpeg[i + 1] not in markers:
+        i += 2 + int.from_bytes(jpeg[i + 2:i + 4], "big")
+    return i
+
+
+def broken_jpegs(jpeg: bytes) -> dict[str, bytes]:
+    """Three ways a JPEG's data ends before its image does, made from one whole baseline `jpeg`:
+    cut at half its bytes; an EOI marker halfway through the scan with the rest dropped; a frame
+    header claiming twice the height the data holds. PIL decodes the last two without an error."""
+    sos = _segment_start(jpeg, (0xDA,))
+    scan = sos + 2 + int.from_bytes(jpeg[sos + 2:sos + 4], "big")
+    sof = _segment_start(jpeg, (0xC0, 0xC1, 0xC2))
+    height = int.from_bytes(jpeg[sof + 5:sof + 7], "big")
+    tall = jpeg[:sof + 5] + (2 * height).to_bytes(2, "big") + jpeg[sof + 7:]
+    return {"cut_in_half": jpeg[: len(jpeg) // 2],
+            "eoi_mid_scan": jpeg[: (scan + len(jpeg)) // 2] + b"\xff\xd9",
+            "tall_header": tall}

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from pipelines.errors import DataError
+from pipelines.jpeg_check import early_end
 
 # torchvision.datasets.folder.IMG_EXTENSIONS, compared in lower case.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -224,6 +225,8 @@ def read_rgb(path: str | os.PathLike, max_side: int | None = None) -> Image.Imag
             if w * h > MAX_DECODED_PIXELS:
                 raise UnreadableImage(f"too large: {w}x{h} pixels to decode (limit {MAX_DECODED_PIXELS})")
             img.load()
+            if img.format == "JPEG" and (why := early_end(img, f)):
+                raise UnreadableImage(f"truncated or corrupt ({why})")
             rgb = _to_rgb(img)
     except UnreadableImage:
         raise

@@ -20,6 +20,7 @@ from PIL import Image
 from pipelines import dali_data, ffcv_data, manifest, shards
 from pipelines.backends import backend, resolve
 from pipelines.errors import DataError
+from pipelines.jpeg_check import early_end
 
 
 def summary(m: manifest.Manifest) -> list[str]:
@@ -69,8 +70,11 @@ def _choose(n: int, sample: int | None) -> set[int] | None:
 
 def _check_image(where: str, data: bytes, max_side: int, size: tuple[int, int] | None = None) -> str | None:
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        buf = io.BytesIO(data)
+        with Image.open(buf) as img:
             img.load()
+            if img.format == "JPEG" and (why := early_end(img, buf)):
+                return f"{where}: image does not decode ({why})"
             if img.mode != "RGB":
                 return f"{where}: image mode {img.mode}, expected RGB"
             if max(img.size) > max_side:

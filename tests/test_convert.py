@@ -462,3 +462,48 @@ def test_a_file_name_with_a_newline_stays_on_one_line_in_messages_and_the_unread
     assert len(listing) == 1 and listing[0].startswith("a/bad\\nname.jpg\t")
     err = capsys.readouterr().err.splitlines()
     assert any(line.endswith("a/bad\\nname.jpg: not an image") or "a/bad\\nname.jpg:" in line for line in err)
+
+
+def test_jpegs_whose_data_ends_before_the_image_are_unreadable_not_converted_gray(tmp_path, capsys):
+    # Before the fix the EOI-mid-scan and tall-header files were converted (gray from the break on).
+    from pipelines.sample_images import broken_jpegs, natural_image
+    root = tmp_path / "src"
+    make_image_folder(root, classes=("a", "b"), per_class=1, natural=True, size=(96, 72))
+    photo = natural_image((96, 72), np.random.default_rng(5))
+    photo.save(root / "a/progressive.jpg", "JPEG", progressive=True)
+    photo.convert("CMYK").save(root / "b/cmyk.jpg", "JPEG")
+    photo.convert("L").save(root / "b/gray.jpg", "JPEG")
+    broken = broken_jpegs((root / "a/a_0000.JPEG").read_bytes())
+    for name, data in broken.items():
+        (root / f"b/{name}.jpg").write_bytes(data)
+    reasons = {f"b/{name}.jpg": why for name, why in [("cut_in_half", "truncated"),
+               ("eoi_mid_scan", "premature end"), ("tall_header", "premature end")]}
+
+    with pytest.raises(DataError, match=r"3 of 8 image files are unreadable"):
+        convert(root, tmp_path / "out", Options("dali", **{**OPTIONS, "max_unreadable": 0.3}), workers=1,
+                progress=False, log=lambda msg: None)
+    listed = dict(line.split("\t") for line in
+                  (tmp_path / "out.partial" / convert_module.UNREADABLE_LIST).read_text().splitlines())
+    assert listed.keys() == reasons.keys() and all(reasons[p] in listed[p] for p in reasons)
+
+    m = convert(root, tmp_path / "out", Options("dali", **{**OPTIONS, "max_unreadable": 0.5}), workers=1,
+                progress=False, log=lambda msg: None)
+    assert m.num_images == 5 and m.images_per_class == {"a": 2, "b": 3}
+    skipped = {s["path"]: s["reason"] for s in m.skipped if s["kind"] == "unreadable"}
+    assert skipped.keys() == reasons.keys() and all(reasons[p] in skipped[p] for p in reasons)
+
+
+def test_inspect_reports_a_stored_jpeg_whose_data_ends_before_the_image(converted, tmp_path, capsys):
+    # Before the fix inspect decoded it (gray from the break on) and verified the dataset.
+    from pipelines.sample_images import broken_jpegs
+    folder = tmp_path / "ds"
+    shutil.copytree(converted("dali").folder, folder)
+    tar = folder / "shard-000000.tar"
+    first = shards.shard_samples(tar)[0]
+    with open(tar, "r+b") as f:
+        whole = os.pread(f.fileno(), first.size, first.offset)
+        cut = broken_jpegs(whole)["eoi_mid_scan"]
+        f.seek(first.offset)
+        f.write(cut + bytes(first.size - len(cut)))  # same size: the index and manifest still agree
+    assert main(["inspect", str(folder)]) == 2
+    assert "premature end" in capsys.readouterr().err

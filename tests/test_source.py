@@ -1,11 +1,13 @@
 """pipelines.source: listing an ImageNet-layout folder and reading every kind of file robustly."""
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.sample_images import flat_image, make_image_folder
-from pipelines import source
+from pipelines.sample_images import broken_jpegs, flat_image, make_image_folder, natural_image
+from pipelines import jpeg_check, source
 from pipelines.errors import DataError
 from pipelines.source import UnreadableImage, fit_within, read_rgb, scan
 
@@ -133,3 +135,41 @@ def test_huge_jpeg_is_decoded_at_reduced_scale_and_huge_png_refused(tmp_path, mo
     with pytest.raises(UnreadableImage, match="too large: 2000x1500"):
         read_rgb(tmp_path / "big.png", 256)
     assert Image.MAX_IMAGE_PIXELS == 500_000  # PIL's own limit is restored after opening
+
+
+def _natural_jpeg(mode="RGB", **save):
+    out = io.BytesIO()
+    natural_image((160, 120), np.random.default_rng(3)).convert(mode).save(out, "JPEG", quality=90, **save)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+@pytest.mark.parametrize("case", ["cut_in_half", "eoi_mid_scan", "tall_header"])
+def test_read_rgb_refuses_a_jpeg_whose_data_ends_before_its_image(tmp_path, case, mode):
+    # Before: "eoi_mid_scan" and "tall_header" decoded, gray from the break on, and were kept.
+    path = tmp_path / "broken.jpg"
+    path.write_bytes(broken_jpegs(_natural_jpeg(mode))[case])
+    with pytest.raises(UnreadableImage, match="truncated or corrupt .*(truncated|premature end)"):
+        read_rgb(path, 64)
+
+
+@pytest.mark.parametrize("mode, save", [("RGB", {}), ("RGB", {"progressive": True}), ("L", {}),
+                                        ("CMYK", {}), ("RGB", {"subsampling": 0})])
+def test_read_rgb_keeps_whole_jpegs_even_when_they_end_in_mid_gray(tmp_path, mode, save):
+    path = tmp_path / "whole.jpg"
+    path.write_bytes(_natural_jpeg(mode, **save))
+    expected = Image.open(path).convert("RGB")  # full size: no draft scaling, no resize
+    np.testing.assert_array_equal(np.asarray(read_rgb(path)), np.asarray(expected))
+    # An all mid-gray image decodes exactly like the decoder's fill: the second look must keep it.
+    Image.new(mode, (40, 30), {"RGB": (128,) * 3, "L": 128, "CMYK": (127,) * 4}[mode]).save(path, "JPEG", **save)
+    assert read_rgb(path, 64).size == (40, 30)
+
+
+def test_without_libturbojpeg_a_gray_last_row_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(jpeg_check, "_turbojpeg", lambda: None)
+    path = tmp_path / "broken.jpg"
+    path.write_bytes(broken_jpegs(_natural_jpeg())["tall_header"])
+    with pytest.raises(UnreadableImage, match="gray fill"):
+        read_rgb(path, 64)
+    path.write_bytes(_natural_jpeg())
+    assert read_rgb(path, 64).size == (64, 48)
