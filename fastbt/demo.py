@@ -53,7 +53,7 @@ DEMO_FILES = re.compile("|".join([
     r"data/(train|val)(\.partial)?/[a-z]+/[a-z]+_\d+\.JPEG",
     r"data/train_ffcv(\.partial)?/(data\.beton|manifest\.json|journal\.jsonl|unreadable\.txt|\.lock"
     r"|shards/[^/]+|[^/]+\.tmp)",
-    r"run/(previous-[^/]+/)?(config\.yaml|log\.jsonl|ckpt_\d+\.pt|backbone\.pth|curves\.png|\.lock"
+    r"run/(previous-[^/]+/)?(config\.yaml|log\.jsonl|ckpt_\d+\.pt|backbone\.pth|curves\.png|\.lock|\.fastbt-run"
     r"|\.[^/]+\.tmp)",
     r"run/tb/[^/]+",
     r"profile/(report\.json|report\.md|phases\.png|throughput\.png|trace\.json|\.[^/]+\.tmp)",
