@@ -37,8 +37,9 @@ def _add_config(sub) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> None:
-    from fastbt import config, loop
+    from fastbt import config
 
+    from fastbt.train import loop
     loop.pretrain(config.load(args.config, args.overrides))
 
 
@@ -51,7 +52,7 @@ def _add_pretrain(sub) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from fastbt import checkpoint
+    from fastbt.train import checkpoint
 
     try:
         n = checkpoint.export_backbone(args.checkpoint, args.out)
@@ -133,18 +134,18 @@ def _add_inspect(sub) -> None:
 def _eval(args: argparse.Namespace) -> None:
     import json
 
-    from fastbt.eval_config import eval_setup
+    from fastbt.eval.setup import eval_setup
 
     setup = eval_setup(args.weights, args.config, args.overrides,
                        {"eval.train": args.train, "eval.val": args.val, "model.arch": args.arch})
     cfg = setup.cfg
     print(f"fastbt eval {args.protocol}: {setup.describe()}", flush=True)  # stderr: errors only
     if args.protocol == "knn":
-        from fastbt.evaluate import knn_eval
+        from fastbt.eval.protocol import knn_eval
 
         result = knn_eval(cfg, args.weights, out=args.out)
     else:
-        from fastbt.linear_probe import linear_probe
+        from fastbt.eval.linear import linear_probe
 
         result = linear_probe(cfg, args.weights, cached=args.cached_features, out_dir=args.out)
     print(json.dumps(result, indent=1))
@@ -173,7 +174,7 @@ def _add_eval(sub) -> None:
         q.add_argument("--train", help="labeled train set (default: eval.train)")
         q.add_argument("--val", help="labeled val set (default: eval.val)")
         q.add_argument("--arch", help="backbone architecture: any torchvision classification model "
-                                      "(fastbt.model.ARCHS), e.g. resnet50 (default: model.arch of "
+                                      "(fastbt.train.model.ARCHS), e.g. resnet50 (default: model.arch of "
                                       "the config: the run's, else resnet50)")
         q.add_argument("--config", help="YAML config (default: the config.yaml beside the weights, "
                                         "if any)")
@@ -189,7 +190,7 @@ def _add_eval(sub) -> None:
 
 def _profile(args: argparse.Namespace) -> None:
     if args.compare:
-        from fastbt import report
+        from fastbt.profiling import report
 
         try:
             a, b = (report.load(path) for path in args.compare)
@@ -199,8 +200,9 @@ def _profile(args: argparse.Namespace) -> None:
         return
     if args.config is None:
         raise ConfigError("give a CONFIG to profile, or --compare A.json B.json")
-    from fastbt import config, profile, sweep
+    from fastbt import config
 
+    from fastbt.profiling import sweep, windows
     steps = [f"profile.steps={args.steps}"] if args.steps is not None else []
     overrides = [*args.overrides, *steps]
     cfg = config.load(args.config, overrides)
@@ -208,7 +210,7 @@ def _profile(args: argparse.Namespace) -> None:
         sweep.sweep(args.config, overrides, sweep.parse(args.sweep),
                     args.out or f"{cfg.train.out_dir}/profile_sweep", args.one_at_a_time)
     else:
-        profile.profile(cfg, args.out or f"{cfg.train.out_dir}/profile")
+        windows.profile(cfg, args.out or f"{cfg.train.out_dir}/profile")
 
 
 def _add_profile(sub) -> None:

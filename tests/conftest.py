@@ -24,7 +24,7 @@ def tiny():
 @pytest.fixture(scope="session")
 def images(tmp_path_factory):
     """80 generated 40 px images in 10 class folders: 5 steps per epoch at batch 16."""
-    from fastbt.demo_data import make_demo_folder
+    from fastbt.demo.data import make_demo_folder
 
     root = tmp_path_factory.mktemp("shapes")
     make_demo_folder(root, per_class=8, size=40)

@@ -11,8 +11,10 @@ import pytest
 import torch
 import torchvision
 
-from fastbt import checkpoint, config, loop, runlog
-from fastbt.step import TrainStep
+from fastbt.train import checkpoint, loop
+
+from fastbt import config, runlog
+from fastbt.train.step import TrainStep
 
 import distributed
 
@@ -164,7 +166,7 @@ def test_the_online_knn_monitor_logs_every_n_epochs(images, tiny_config, tmp_pat
 def test_the_loader_hands_the_step_views_in_the_training_dtype(images, tiny_config, tmp_path, precision,
                                                                dtype):
     from fastbt import dist
-    from fastbt.run import build_run
+    from fastbt.train.run import build_run
 
     cfg = tiny_config(images, tmp_path / "run", f"runtime.precision={precision}")
     run = build_run(cfg, dist.World(rank=0, size=1, local_rank=0, device=torch.device("cpu")))

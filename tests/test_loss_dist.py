@@ -11,8 +11,8 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from fastbt.config import LossConfig
-from fastbt.ops import barlow_twins_loss
-from fastbt.ops import xcorr
+from fastbt.train.ops import barlow_twins_loss
+from fastbt.train.ops import xcorr
 
 LAMBD = LossConfig().lambd  # the paper's
 WORLD, N, D, IN = 2, 16, 12, 6  # N > D, so "auto" means direct; both modes are also forced

@@ -99,8 +99,10 @@ def test_a_preempted_run_draws_its_curves_and_mirrors_its_log_to_tensorboard(ima
     import os
     import signal
 
-    from fastbt import config, loop
-    from fastbt.step import TrainStep
+    from fastbt import config
+
+    from fastbt.train import loop
+    from fastbt.train.step import TrainStep
 
     tensorboard = importlib.util.find_spec("tensorboard") is not None
     calls = {"n": 0}

@@ -10,11 +10,14 @@ import time
 import pytest
 import torch
 
-from fastbt import dist, profile, sweep, verdict
+from fastbt import dist
+
+from fastbt.profiling import sweep, verdict
+from fastbt.profiling import windows as profiler
 from fastbt.cli import main
 from fastbt.errors import ConfigError
-from fastbt.phase_clock import WallClock
-from fastbt.run import build_run
+from fastbt.profiling.clocks import WallClock
+from fastbt.train.run import build_run
 
 
 def test_the_epoch_iterator_resumes_at_epoch_and_offset(images, tiny_config, tmp_path):
@@ -55,10 +58,10 @@ def test_windows_are_interleaved_and_give_the_median_and_spread():
 
     bodies = {"loader": body("loader", 0.001), "step": body("step", 0.004),
               "end_to_end": body("end_to_end", 0.005)}
-    windows = profile._windows(bodies, warmup=1, steps=2, repeats=3, device=torch.device("cpu"),
+    windows = profiler._windows(bodies, warmup=1, steps=2, repeats=3, device=torch.device("cpu"),
                                pairs=4, lead_in=3)
     rounds = ["step"] * 2 + ["loader"] * (3 + 2) + ["end_to_end"] * 2  # the loader's lead-in
-    assert order == list(profile.KINDS) + 3 * rounds  # the warm-ups, then ABCABC...
+    assert order == list(profiler.KINDS) + 3 * rounds  # the warm-ups, then ABCABC...
     for w in windows.values():
         assert len(w.pairs_per_s_each) == 3 and w.repeats == 3 and w.steps == 2
         assert w.pairs_per_s == statistics.median(w.pairs_per_s_each)
@@ -69,7 +72,7 @@ def test_windows_are_interleaved_and_give_the_median_and_spread():
 
 
 def test_the_verdict_flags_an_impossible_or_noisy_profile():
-    quiet = dict.fromkeys(profile.KINDS, 0.1)
+    quiet = dict.fromkeys(profiler.KINDS, 0.1)
     # the report the issue quotes: end to end at 430% of the slower window
     impossible = verdict.reliability({"loader": 83, "step": 19, "end_to_end": 83}, quiet)
     assert not impossible["reliable"]

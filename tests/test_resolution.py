@@ -10,8 +10,8 @@ import torch
 
 import pipelines
 from fastbt import config
-from fastbt.model import build_model
-from fastbt.step import TrainStep
+from fastbt.train.model import build_model
+from fastbt.train.step import TrainStep
 from make_images import make_image_folder
 from pipelines.augment import AugSpec
 from pipelines.convert import convert
@@ -60,7 +60,7 @@ def test_the_fast_preset_ramps_160_to_224_in_three_sizes_and_the_paper_preset_is
 
 def test_a_schedule_that_would_exceed_the_recompile_limit_is_refused():
     from fastbt.errors import ConfigError
-    from fastbt.run import _check_compiled_sizes
+    from fastbt.train.run import _check_compiled_sizes
 
     cfg = config.load(None, ["aug.resolution.start=32", "aug.resolution.multiple=8",
                              "aug.resolution.ramp_end_epoch=100", "train.epochs=100"])
@@ -135,7 +135,7 @@ def test_the_compiled_step_keeps_one_graph_per_size(monkeypatch):
 def test_the_projection_integrates_the_step_time_over_the_schedule():
     """A step whose time per pair is a + b x pixels (a fixed cost plus a per-pixel one) is projected
     exactly from its two ends; end to end follows the step where the step is the slower."""
-    from fastbt import verdict
+    from fastbt.profiling import verdict
 
     def seconds_per_pair(size):
         return 1e-3 + 1e-5 * size ** 2
@@ -159,13 +159,13 @@ def test_the_projection_integrates_the_step_time_over_the_schedule():
 def test_profile_measures_the_step_at_both_ends_of_the_schedule(images, tiny, tmp_path):
     import json
 
-    from fastbt import profile
+    from fastbt.profiling import windows
 
     cfg = config.load(None, [*tiny, f"data.path={images}", "profile.warmup_steps=1", "profile.steps=1",
                              "profile.repeats=2", "train.batch_size=4", "train.epochs=3",
                              "aug.resolution.start=16", "aug.resolution.ramp_end_epoch=2",
                              "aug.resolution.multiple=16"])
-    profile.profile(cfg, tmp_path / "p")
+    windows.profile(cfg, tmp_path / "p")
     r = json.loads((tmp_path / "p" / "report.json").read_text())
     assert set(r["windows"]) == {"loader", "step", "end_to_end", "step_start"}
     proj = r["projection"]

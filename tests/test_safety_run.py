@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastbt import checkpoint, config, dist, loop, rundir, runlog
+from fastbt.train import checkpoint, loop, rundir
+
+from fastbt import config, dist, runlog
 from fastbt.cli import main
-from fastbt.demo_data import make_demo_folder
+from fastbt.demo.data import make_demo_folder
 from fastbt.errors import RunDirError
 
 import distributed
@@ -71,7 +73,8 @@ def test_a_second_run_into_the_same_directory_exits_2_naming_it_and_the_holder(t
 
 HOLD = textwrap.dedent("""
     import sys, time, torch
-    from fastbt import dist, rundir
+    from fastbt import dist
+    from fastbt.train import rundir
     with rundir.exclusive(sys.argv[1], dist.World(0, 0, 1, torch.device("cpu"))):
         print("locked", flush=True)
         time.sleep(600)

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from fastbt import config, dist
-from fastbt.demo_data import make_demo_folder
-from fastbt.run import build_run
+from fastbt.demo.data import make_demo_folder
+from fastbt.train.run import build_run
 
 import distributed
 

@@ -1,6 +1,6 @@
 """Backbone weights from a file, checked against the architecture they are loaded into.
 
-The file (an exported backbone or a fastbt checkpoint) is read by `fastbt.checkpoint`; weights of
+The file (an exported backbone or a fastbt checkpoint) is read by `fastbt.train.checkpoint`; weights of
 another architecture are a `WeightsError` that names the file and what does not fit, in one line,
 and the architecture they do fit, if any.
 """
@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from fastbt.checkpoint import WeightsError, read_backbone_state
-from fastbt.model import COMMON_ARCHS, build_backbone
+from fastbt.train.checkpoint import WeightsError, read_backbone_state
+from fastbt.train.model import COMMON_ARCHS, build_backbone
 
 __all__ = ["WeightsError", "load_backbone", "mismatch"]
 

@@ -1,4 +1,4 @@
-"""The kNN protocol on frozen features (fastbt.features), and what the protocols share: the
+"""The kNN protocol on frozen features (fastbt.eval.features), and what the protocols share: the
 labeled sets from the config, where results go.
 
 `fastbt eval knn` (`knn_eval`) and the online monitor of pretraining (`KnnEval`) share one path.
@@ -21,12 +21,12 @@ from torch import Tensor, nn
 from fastbt import dist
 from fastbt.config import Config, EvalConfig
 from fastbt.errors import ConfigError
-from fastbt.eval_data import center_crops, train_and_val
-from fastbt.features import (Frozen, bank_dtype, eval_mode, extract_features, gather_columns,
+from fastbt.eval.data import center_crops, train_and_val
+from fastbt.eval.features import (Frozen, bank_dtype, eval_mode, extract_features, gather_columns,
                              gather_rows, place)
-from fastbt.model import feature_width
-from fastbt.knn import accuracy, merge_nearest, nearest, topk_correct, vote
-from fastbt.weights import load_backbone
+from fastbt.train.model import feature_width
+from fastbt.eval.knn import accuracy, merge_nearest, nearest, topk_correct, vote
+from fastbt.eval.weights import load_backbone
 
 
 def knn_correct(bank: Tensor, bank_labels: Tensor, queries: Tensor, query_labels: Tensor,

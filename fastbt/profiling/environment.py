@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("torch", "torchvision", "numpy", "numba", "ffcv", "pillow", "fastbt")
 DALI_PREFIX = "nvidia-dali"  # nvidia-dali-cuda110, -cuda120, ...: whichever is installed
 

@@ -1,5 +1,5 @@
-"""Frozen-backbone features, the common ground of the evaluation protocols (fastbt.evaluate: kNN,
-fastbt.linear_probe: the linear head).
+"""Frozen-backbone features, the common ground of the evaluation protocols (fastbt.eval.protocol: kNN,
+fastbt.eval.linear: the linear head).
 
 `Frozen` runs a backbone for its features only (no grad, training's autocast and memory format);
 `extract_features` writes every batch's features (optionally L2-normalized) into a preallocated

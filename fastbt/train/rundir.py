@@ -29,7 +29,9 @@ from typing import Any, Callable, Iterator
 
 import torch.distributed as torch_dist
 
-from fastbt import checkpoint, config, dist
+from fastbt.train import checkpoint
+
+from fastbt import config, dist
 from fastbt.config import Config
 from fastbt.errors import RunDirError
 

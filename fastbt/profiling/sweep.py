@@ -2,7 +2,7 @@
 
 Each setting (the cartesian product of the swept values; with `--one-at-a-time` the config as
 given, then each swept value alone) is profiled with the robust interleaved windows of
-`fastbt.profile` into OUT/NN/. OUT/sweep.md and OUT/sweep.json rank the settings by end-to-end
+`fastbt.profiling.windows` into OUT/NN/. OUT/sweep.md and OUT/sweep.json rank the settings by end-to-end
 pairs/s (median of the windows, with the spread) and give the override line of the fastest.
 Every setting's config is checked before the first is profiled, so a typo costs nothing.
 """
@@ -14,7 +14,9 @@ import json
 import os
 from pathlib import Path
 
-from fastbt import config, profile, report
+from fastbt import config
+
+from fastbt.profiling import report, windows
 from fastbt.errors import ConfigError
 
 
@@ -59,7 +61,7 @@ def sweep(config_path: str | None, overrides: list[str], axes: list[tuple[str, l
             for setting in settings(axes, one_at_a_time)]
     for n, (setting, cfg) in enumerate(runs):
         print(f"fastbt profile --sweep: {n + 1}/{len(runs)}: {_name(setting)}", flush=True)
-        profile.profile(cfg, out_dir / f"{n:02d}")
+        windows.profile(cfg, out_dir / f"{n:02d}")
     if int(os.environ.get("RANK", "0")) != 0:
         return None
     rows = [_row(setting, out_dir / f"{n:02d}" / "report.json") for n, (setting, _) in enumerate(runs)]

@@ -1,7 +1,7 @@
 """The profile's report: report.json (everything), report.md (tables), phases.png and
 throughput.png (charts); and `compare`, two reports side by side with ratios.
 
-Everything here reads the results dict `fastbt.profile.measure` returns, or its JSON.
+Everything here reads the results dict `fastbt.profiling.windows.measure` returns, or its JSON.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fastbt.verdict import PHASES
+from fastbt.profiling.verdict import PHASES
 
 PHASE_NAMES = {"data_wait": "data wait", "host_to_device": "host-to-device",
                "augmentation": "augmentation", "forward": "forward", "loss": "loss op",
@@ -62,7 +62,7 @@ def _schedule(r: dict) -> list[str]:
                 f"end to end were measured at {end} px. Over the schedule the run is projected to take "
                 f"{_hours(proj['seconds'])}, against {_hours(proj['fixed_size_seconds'])} with every epoch "
                 f"at {end} px ({proj['saved']:.0%} saved; sizes between are interpolated in pixels, "
-                f"the loader taken as size-independent: fastbt/verdict.py project_schedule)."]
+                f"the loader taken as size-independent: fastbt/profiling/verdict.py project_schedule)."]
 
 
 def _throughput(r: dict) -> list[str]:

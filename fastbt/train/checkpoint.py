@@ -120,7 +120,7 @@ def save_run(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.
 
 def resume_run(path: str | Path | None, model: nn.Module, optimizer: torch.optim.Optimizer,
                map_location="cpu") -> int:
-    """Load the checkpoint at `path` (the one `fastbt.rundir.prepare` chose) into the model,
+    """Load the checkpoint at `path` (the one `fastbt.train.rundir.prepare` chose) into the model,
     optimizer and RNGs; return its step, or 0 when there is none (a fresh start)."""
     if path is None:
         return 0

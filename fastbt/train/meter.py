@@ -1,6 +1,6 @@
 """Throughput and data-wait accounting for the loop, with host syncs only at report time.
 
-A Meter is a clock for the step's seam (fastbt.phase_clock): `start()` begins a step and its wait
+A Meter is a clock for the step's seam (fastbt.profiling.clocks): `start()` begins a step and its wait
 for data, the lap `VIEWS_READY` (the augmented views are ready) ends the wait; every other lap is
 ignored, and nothing synchronizes. Everything else between reports counts as compute. `report()`
 is the one place that synchronizes with the device, so the interval's wall time covers all the
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-VIEWS_READY = "augmentation"  # the last lap of the input half of a step (fastbt.run.Run.views)
+VIEWS_READY = "augmentation"  # the last lap of the input half of a step (fastbt.train.run.Run.views)
 
 
 def synchronize(device: torch.device) -> None:

@@ -1,8 +1,8 @@
-"""`pretrain(cfg)`: run the loop over the parts `fastbt.run.build_run` wires, top to bottom.
+"""`pretrain(cfg)`: run the loop over the parts `fastbt.train.run.build_run` wires, top to bottom.
 
 config -> the run's epoch iterator (crops on the device) -> its step (augmentation, model with
 global BN and DDP, compiled forward, fused loss, LARS) -> every N steps: one host sync for metrics,
-the non-finite check, the preemption check -> checkpoints (fastbt.checkpoint) by step count, by
+the non-finite check, the preemption check -> checkpoints (fastbt.train.checkpoint) by step count, by
 time, on preemption and at the end.
 """
 
@@ -15,12 +15,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from fastbt import checkpoint, config, dist, plot, rundir
+from fastbt.train import checkpoint, rundir
+
+from fastbt import config, dist, plot
 from fastbt.config import Config
 from fastbt.errors import RunStopped
-from fastbt.evaluate import KnnEval
-from fastbt.meter import Meter
-from fastbt.run import build_run
+from fastbt.eval.protocol import KnnEval
+from fastbt.train.meter import Meter
+from fastbt.train.run import build_run
 from fastbt.runlog import RunLog
 
 

@@ -1,5 +1,5 @@
 """Clocks for the step's seam: the loop body calls `start()` before asking for a batch and
-`lap(name)` after each phase (fastbt.run: "input", "augmentation"; fastbt.step: "forward", "loss",
+`lap(name)` after each phase (fastbt.train.run: "input", "augmentation"; fastbt.train.step: "forward", "loss",
 "backward", "optimizer"). A lap closes the current phase under `name` and opens the next, so the
 phases partition the step; a name used twice in a step accumulates.
 
@@ -22,7 +22,7 @@ from collections import defaultdict
 
 import torch
 
-from fastbt.meter import synchronize
+from fastbt.train.meter import synchronize
 
 
 class NoClock:

@@ -1,10 +1,10 @@
 """The training step: forward both views, the loss, backward, LARS. No host syncs inside.
 
 The model's two-view forward is what `torch.compile` compiles (and autocast runs in bf16 on CUDA);
-the loss is injected (`fastbt.losses`: the Barlow Twins fused op by default, a registered custom op
+the loss is injected (`fastbt.train.losses`: the Barlow Twins fused op by default, a registered custom op
 that stays opaque either way), and LARS runs as foreach kernels. The step returns the loss as a
 0-dim device tensor: reading it (`.item()`) is the caller's decision, made only every N steps. The
-step reports its phases to `clock`, which `fastbt.run.Run.train` sets: a no-op by default, the
+step reports its phases to `clock`, which `fastbt.train.run.Run.train` sets: a no-op by default, the
 profiler's phase clock when it measures.
 """
 
@@ -18,8 +18,8 @@ import torch.distributed as dist
 from torch import nn
 
 from fastbt.config import RuntimeConfig
-from fastbt.losses import Loss
-from fastbt.phase_clock import NO_CLOCK
+from fastbt.train.losses import Loss
+from fastbt.profiling.clocks import NO_CLOCK
 from fastbt.precision import autocast, autocast_dtype, use_channels_last
 
 
@@ -27,7 +27,7 @@ from fastbt.precision import autocast, autocast_dtype, use_channels_last
 class TrainStep:
     model: nn.Module  # possibly DDP-wrapped; takes (view1, view2), returns (z1, z2)
     optimizer: torch.optim.Optimizer
-    loss_fn: Loss  # from the config's loss section (fastbt.losses.build_loss)
+    loss_fn: Loss  # from the config's loss section (fastbt.train.losses.build_loss)
     runtime: RuntimeConfig  # precision, compile, channels_last (the model's memory format)
     device: torch.device
     group: object = None  # the process group of a distributed run, else None
@@ -47,7 +47,7 @@ class TrainStep:
     def loss(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
         """The loss to backpropagate. Under DDP it is scaled by W: DDP averages the W ranks'
         gradients, each holding its rows' share, so x W gives the single-process gradient
-        (see fastbt.losses). Divide by `self.world` to report it."""
+        (see fastbt.train.losses). Divide by `self.world` to report it."""
         with autocast(self.device, self.amp_dtype):
             z1, z2 = self.forward(view1.contiguous(memory_format=self.memory_format),
                                   view2.contiguous(memory_format=self.memory_format))

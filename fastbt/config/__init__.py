@@ -55,16 +55,16 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: Annotated[str, OneOf("fastbt.model:ARCHS")] = "resnet50"  # any torchvision classifier
+    arch: Annotated[str, OneOf("fastbt.train.model:ARCHS")] = "resnet50"  # any torchvision classifier
     projector: tuple[int, ...] = (8192, 8192, 8192)  # hidden and output sizes after the backbone
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    name: Annotated[str, OneOf("fastbt.losses:LOSSES")] = "barlow_twins"
+    name: Annotated[str, OneOf("fastbt.train.losses:LOSSES")] = "barlow_twins"
     lambd: float = 0.0051  # weight of the off-diagonal (redundancy reduction) term
     scale: float = 1.0  # multiplies the loss; 1/world_size reproduces the official gradients
-    mode: Literal["auto", "gram", "direct"] = "auto"  # how the fused op computes it (fastbt.ops)
+    mode: Literal["auto", "gram", "direct"] = "auto"  # how the fused op computes it (fastbt.train.ops)
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ class TrainConfig:
     out_dir: str = "runs/default"
     checkpoint_every_steps: int = 0  # 0: only by time and at the end
     checkpoint_every_minutes: float = 30.0
-    # with checkpoints in out_dir: auto = resume if the config matches (fastbt/rundir.py lists the
+    # with checkpoints in out_dir: auto = resume if the config matches (fastbt/train/rundir.py lists the
     # keys that may differ), force = resume with the new values, restart = set the old files aside
     resume: Literal["auto", "force", "restart"] = "auto"
 

@@ -1,6 +1,6 @@
 """`fastbt demo`: the whole job on a generated dataset, on a CPU, in a few minutes.
 
-1. generate a labeled dataset of shape textures (fastbt/demo_data.py) in ImageNet layout: train, val;
+1. generate a labeled dataset of shape textures (fastbt/demo/data.py) in ImageNet layout: train, val;
 2. convert train to an FFCV .beton (`fastbt convert`);
 3. pretrain a small backbone on it (configs/demo_cpu.yaml; `fastbt pretrain`), with the online kNN
    monitor on so the run's curves.png shows the accuracy rise as it trains;
@@ -19,7 +19,7 @@ import shutil
 import time
 from pathlib import Path
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_cpu.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo_cpu.yaml"
 # 200 training images per class: enough for a kNN bank, few enough that generation, conversion and
 # each epoch's kNN check stay seconds. Images are stored at twice the training crop (32 px), so a
 # random crop of a quarter of the frame still has pixels of its own to be resized from.
@@ -63,7 +63,7 @@ def clear(out: Path) -> None:
 
 def generate_data(data: Path) -> None:
     """data/train and data/val: the shape textures (fixed seeds: every demo sees the same images)."""
-    from fastbt.demo_data import make_demo_folder
+    from fastbt.demo.data import make_demo_folder
 
     for split, per_class, seed in (("train", TRAIN_PER_CLASS, 0), ("val", VAL_PER_CLASS, 1)):
         if not (data / split).exists():
@@ -90,12 +90,14 @@ def run(out: Path, overrides: list[str], fresh: bool = False, with_profile: bool
     False skips stage 4 (scripts that compare many runs)."""
     import torch
 
-    from fastbt import config, loop, plot
-    from fastbt.eval_config import proportional_resize
-    from fastbt.evaluate import KnnEval
-    from fastbt.model import build_backbone
-    from fastbt.profile import profile
-    from fastbt.weights import load_backbone
+    from fastbt import config, plot
+
+    from fastbt.train import loop
+    from fastbt.eval.setup import proportional_resize
+    from fastbt.eval.protocol import KnnEval
+    from fastbt.train.model import build_backbone
+    from fastbt.profiling.windows import profile
+    from fastbt.eval.weights import load_backbone
 
     out = Path(out)
     if fresh:
@@ -145,7 +147,7 @@ def summary(cfg, run_dir: Path, profile_dir: Path, curves: Path, results: dict, 
             num_classes: int) -> str:
     """The table a person reads at the end of the demo."""
     from fastbt import runlog
-    from fastbt.report import PHASE_NAMES, load
+    from fastbt.profiling.report import PHASE_NAMES, load
 
     records = runlog.read(run_dir / "log.jsonl")
     rates = [r["pairs_per_s"] for r in records if "pairs_per_s" in r and not r["includes_warmup"]]

@@ -1,6 +1,6 @@
 """`fastbt profile`: where a pretraining step's time goes, and what bounds the run.
 
-The run is built as pretraining builds it (`fastbt.run.build_run`) and measured through the loop's
+The run is built as pretraining builds it (`fastbt.train.run.build_run`) and measured through the loop's
 own body: its epoch iterator (`Run.batches`) and its step (`Run.step` = `Run.views` + `Run.train`).
 The profiler only chooses clocks and windows. Every process measures:
 
@@ -16,12 +16,12 @@ The profiler only chooses clocks and windows. Every process measures:
    - with a progressive-resolution schedule (aug.resolution), loader and end to end read an epoch
      at the final size, and a fourth kind, the step alone at the start size, gives the rate at the
      other end: the projection integrates over the schedule (`verdict.project_schedule`);
-3. breakdown: `Run.step` under a phase clock (fastbt.phase_clock): data wait, host-to-device,
+3. breakdown: `Run.step` under a phase clock (fastbt.profiling.clocks): data wait, host-to-device,
    augmentation, forward, loss op, backward, optimizer; with several processes the steps are
    repeated without gradient sync and the backward's difference is the gradient communication.
 
 Then model FLOPs per pair, peak memory, the load average at start and end, optionally a
-torch.profiler trace of a few steps; rank 0 writes the report (fastbt.report).
+torch.profiler trace of a few steps; rank 0 writes the report (fastbt.profiling.report).
 """
 
 from __future__ import annotations
@@ -39,11 +39,13 @@ import torch
 import torch.distributed as torch_dist
 from torch.utils.flop_counter import FlopCounterMode
 
-from fastbt import config, dist, environment, report, verdict
+from fastbt import config, dist
+
+from fastbt.profiling import environment, report, verdict
 from fastbt.config import Config
-from fastbt.meter import Meter, synchronize
-from fastbt.phase_clock import NO_CLOCK, phase_clock
-from fastbt.run import Run, build_run
+from fastbt.train.meter import Meter, synchronize
+from fastbt.profiling.clocks import NO_CLOCK, phase_clock
+from fastbt.train.run import Run, build_run
 from fastbt.precision import autocast_dtype
 from pipelines.resolution import sizes
 
@@ -170,7 +172,7 @@ def measure(cfg: Config, world: dist.World, out_dir: Path) -> dict:
 
 
 def _projection(cfg: Config, run: Run, rates: dict[str, float]) -> dict:
-    """The projected wall time (fastbt.verdict), over the resolution schedule when one is on."""
+    """The projected wall time (fastbt.profiling.verdict), over the resolution schedule when one is on."""
     pairs = run.derived.per_device_batch
     resolution = cfg.aug.resolution
     if not resolution.on:

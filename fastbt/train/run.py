@@ -2,14 +2,14 @@
 
 Seeding, the loader (this rank's shard), the values derived from the config and the dataset size,
 the model with global-batch BN (DDP-wrapped for several processes), LARS and the TrainStep. The
-run also owns the loop's body, used by pretraining (`fastbt.loop`), profiling and tracing
-(`fastbt.profile`) alike, so what the profiler measures is what pretraining runs:
+run also owns the loop's body, used by pretraining (`fastbt.train.loop`), profiling and tracing
+(`fastbt.profiling.windows`) alike, so what the profiler measures is what pretraining runs:
 
 - `batches(start)`: the one epoch iterator, this rank's crop batches from step `start` on, epoch
   after epoch (resumable at (epoch, offset): a resumed run replays the same order);
 - `step(i, batches, clock)`: one step of the loop, `views` (next crops, augmentation) then
   `train` (LR, forward, loss, backward, optimizer), reporting its phases to `clock`
-  (fastbt.phase_clock; a no-op by default, the Meter in the loop).
+  (fastbt.profiling.clocks; a no-op by default, the Meter in the loop).
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ import pipelines
 from fastbt import config, dist
 from fastbt.config import Config, Derived
 from fastbt.errors import ConfigError
-from fastbt.losses import build_loss
-from fastbt.model import build_model
-from fastbt.norm import use_global_batch_norm
-from fastbt.optim import build_optimizer, lr_at, set_lr
-from fastbt.phase_clock import NO_CLOCK
+from fastbt.train.losses import build_loss
+from fastbt.train.model import build_model
+from fastbt.train.norm import use_global_batch_norm
+from fastbt.train.optim import build_optimizer, lr_at, set_lr
+from fastbt.profiling.clocks import NO_CLOCK
 from fastbt.precision import autocast_dtype, use_channels_last
-from fastbt.step import TrainStep
+from fastbt.train.step import TrainStep
 from pipelines.loader import TwoViewLoader
 from pipelines.resolution import sizes
 

@@ -7,7 +7,7 @@ A builder takes the config's loss section and returns the loss the training step
 z1, z2 are this process's projector outputs for the two views (N_local x D). `scale` multiplies the
 value (the step passes the world size: DDP averages the ranks' gradients). In a distributed run
 `group` is the process group and the value must be that of the global batch, each rank's gradient
-its rows' share of the global gradient (as `fastbt.ops.barlow_twins_loss` does); alone it is None.
+its rows' share of the global gradient (as `fastbt.train.ops.barlow_twins_loss` does); alone it is None.
 
 Adding an objective: write its builder below and add one line to LOSSES; its own settings, if any,
 go in `config.LossConfig` (the only home of their defaults).
@@ -20,7 +20,7 @@ from typing import Callable, Protocol
 from torch import Tensor
 
 from fastbt.config import LossConfig
-from fastbt.ops import barlow_twins_loss
+from fastbt.train.ops import barlow_twins_loss
 
 
 class Loss(Protocol):

@@ -26,15 +26,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastbt import checkpoint, config, dist, rundir
+from fastbt.train import checkpoint, rundir
+
+from fastbt import config, dist
 from fastbt.config import Config
 from fastbt.errors import ConfigError
-from fastbt.eval_data import center_crops, random_crops, train_and_val
-from fastbt.evaluate import beside, labeled_paths, write_result
-from fastbt.features import Frozen, bank_dtype, extract_features, place
-from fastbt.knn import accuracy, topk_correct
+from fastbt.eval.data import center_crops, random_crops, train_and_val
+from fastbt.eval.protocol import beside, labeled_paths, write_result
+from fastbt.eval.features import Frozen, bank_dtype, extract_features, place
+from fastbt.eval.knn import accuracy, topk_correct
 from fastbt.runlog import RunLog
-from fastbt.weights import load_backbone
+from fastbt.eval.weights import load_backbone
 from pipelines.augment import ViewSpec, normalize, to_float
 
 Batches = Callable[[int], Iterator[tuple[Tensor, Tensor]]]  # epoch -> (features, labels) batches

@@ -46,7 +46,7 @@ def build_backbone(arch: str) -> tuple[nn.Module, int]:
     """The classifier `arch` (random init) with its logits layer = Identity, and its feature width."""
     if arch not in ARCHS:
         raise ValueError(f"unknown backbone {arch!r}; choose a torchvision classification model, "
-                         f"e.g. {', '.join(COMMON_ARCHS)} (fastbt.model.ARCHS lists all)")
+                         f"e.g. {', '.join(COMMON_ARCHS)} (fastbt.train.model.ARCHS lists all)")
     backbone = ARCHS[arch]()
     name, logits = [(n, m) for n, m in backbone.named_modules() if isinstance(m, nn.Linear)][-1]
     parent, _, attr = name.rpartition(".")
