@@ -35,12 +35,12 @@ def build_loader(backend_name: str, path: str, *, aug, batch_size: int, device, 
 
     Every backend yields the same shapes and dtype; they differ in where decoding happens.
     """
-    from pipelines.loader import TwoViewLoader
+    from pipelines.loader import Augment, TwoViewLoader
 
     make_crops = resolve(backend(backend_name).crops)
     crops = make_crops(path, aug=aug, batch_size=batch_size, device=device, rank=rank,
                        world_size=world_size, seed=seed, workers=workers)
-    return TwoViewLoader(crops, aug, seed=seed, rank=rank, dtype=dtype, compiled=compiled)
+    return TwoViewLoader(crops, Augment(aug, seed=seed, rank=rank, dtype=dtype, compiled=compiled))
 
 
 def build_eval_loader(backend_name: str, path: str, *, size: int, resize: int, mean, std, batch_size: int,

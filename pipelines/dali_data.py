@@ -161,14 +161,14 @@ class DALICrops:
         self.dataset_size, self.num_classes = self.manifest.num_images, len(self.manifest.classes)
         self.aug, self.batch_size, self.device = aug, batch_size, torch.device(device)
         self.rank, self.world_size, self.seed, self.workers = rank, world_size, seed, workers
-        self.epoch = 0
+        self.epoch, self.skip = 0, 0
         self.batches = None  # the pipeline, built when first iterated
 
     def __len__(self) -> int:
         return (self.dataset_size // self.world_size) // self.batch_size
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
 
     def __iter__(self):
         from pipelines import dali_ops
@@ -180,7 +180,8 @@ class DALICrops:
             self.batches = dali_ops.TwoViewBatches(feed, self.aug, self.batch_size, self.device, self.seed,
                                                    self.workers)
         order = epoch_order(self.dataset_size, self.rank, self.world_size, self.seed, self.epoch).numpy()
-        return self.batches.epoch(order[:len(self) * self.batch_size], self.epoch,
+        # skipped batches are not fed: the external source starts at the first batch wanted
+        return self.batches.epoch(order[self.skip * self.batch_size:len(self) * self.batch_size], self.epoch,
                                   self.aug.size_at(self.epoch))
 
 

@@ -280,12 +280,13 @@ class FFCVCrops:
 
         m, beton = _dataset(path)
         self.dataset_size, self.num_classes = m.num_images, len(m.classes)
-        self.beton, self.aug, self.epoch = beton, aug, 0
+        self.beton, self.aug, self.epoch, self.skip = beton, aug, 0, 0
         device = torch.device(device)
         workers = _threads(workers)
         self.crops = TwoCrops(aug, seed, ThreadPoolExecutor(workers, thread_name_prefix="ffcv-crops"), workers)
+        self.order = EpochOrder(rank, world_size, seed)
         self.loader = Loader(beton, batch_size=batch_size, num_workers=workers,
-                             order=EpochOrder(rank, world_size, seed), seed=seed, drop_last=True, pipelines={
+                             order=self.order, seed=seed, drop_last=True, pipelines={
             IMAGE_FIELD: PipelineSpec(IMAGE_FIELD, JpegBytes(_largest_sample(beton)),
                                       [self.crops, *_to_tensor(device)]),
             LABEL_FIELD: [IntDecoder(), *_to_tensor(device, Squeeze(1))]})
@@ -293,11 +294,11 @@ class FFCVCrops:
     def __len__(self) -> int:
         return len(self.loader)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
 
     def __iter__(self):
-        self.crops.epoch = self.epoch
+        self.crops.epoch, self.order.skip = self.epoch, self.skip  # skipped batches: not in the order
         size = self.aug.size_at(self.epoch)
         if size != self.crops.size:  # the crop's shape is part of FFCV's generated pipeline
             self.crops.size = size

@@ -127,14 +127,20 @@ class TwoCrops(Operation):
 class EpochOrder(TraversalOrder):
     """FFCV traversal order = `pipelines.order.epoch_order`: the same samples in the same order as
     the torchvision backend, for any rank count. Works without torch.distributed (FFCV's own
-    `distributed=True` needs an initialized process group and pads ranks to equal size)."""
+    `distributed=True` needs an initialized process group and pads ranks to equal size).
+
+    `skip`: batches of the epoch to leave out at its start (a resumed run): the order starts after
+    them, so FFCV never reads nor decodes them; the batches after are those of the whole epoch."""
 
     def __init__(self, rank: int, world_size: int, seed: int):
         self.rank, self.world_size, self.order_seed = rank, world_size, seed
+        self.skip = 0
 
     def __call__(self, loader):  # ffcv 1.0.2 calls a TraversalOrder instance with the loader
         super().__init__(loader)
         return self
 
     def sample_order(self, epoch: int) -> np.ndarray:
-        return epoch_order(len(self.indices), self.rank, self.world_size, self.order_seed, epoch).numpy()
+        order = epoch_order(len(self.indices), self.rank, self.world_size, self.order_seed, epoch).numpy()
+        batch = self.loader.batch_size
+        return order[self.skip * batch:len(order) // batch * batch]  # whole batches only (drop_last)

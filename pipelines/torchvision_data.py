@@ -93,20 +93,22 @@ class _TwoCrops(Dataset):
 
 
 class ShardedShuffle(Sampler):
-    """This rank's share of a seeded per-epoch permutation (`pipelines.order.epoch_order`)."""
+    """This rank's share of a seeded per-epoch permutation (`pipelines.order.epoch_order`), from
+    sample `skip` of it on (a resumed run: the samples before are neither read nor decoded)."""
 
     def __init__(self, n: int, rank: int, world_size: int, seed: int):
         self.n, self.rank, self.world_size, self.seed = n, rank, world_size, seed
-        self.epoch = 0
+        self.epoch, self.skip = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
 
     def __len__(self) -> int:
-        return self.n // self.world_size
+        return max(0, self.n // self.world_size - self.skip)
 
     def __iter__(self):
-        return iter(epoch_order(self.n, self.rank, self.world_size, self.seed, self.epoch).tolist())
+        order = epoch_order(self.n, self.rank, self.world_size, self.seed, self.epoch)
+        return iter(order[self.skip:].tolist())
 
 
 class TorchvisionCrops:
@@ -119,6 +121,7 @@ class TorchvisionCrops:
             raise DataError(f"{path}: no images found under its class folders")
         self.dataset_size = len(source.samples)
         self.num_classes = len(source.classes)
+        self.batch_size, self.per_rank = batch_size, self.dataset_size // world_size
         self.device = torch.device(device)
         self.dataset = _TwoCrops(Path(path), source.samples, aug, seed)
         self.sampler = ShardedShuffle(self.dataset_size, rank, world_size, seed)
@@ -127,10 +130,10 @@ class TorchvisionCrops:
                                  pin_memory=self.device.type == "cuda")
 
     def __len__(self) -> int:
-        return len(self.loader)
+        return self.per_rank // self.batch_size  # a whole epoch, whatever set_epoch skips
 
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.sampler.set_epoch(epoch, skip * self.batch_size)
         self.dataset.set_epoch(epoch)  # workers start per epoch and take a copy of the dataset
 
     def __iter__(self):

@@ -39,3 +39,31 @@ def tiny_config(tiny):
     def make(images, out_dir, *extra):
         return config.load(None, [*tiny, f"data.path={images}", f"train.out_dir={out_dir}", *extra])
     return make
+
+
+# ---- pipelines: one generated image folder and its conversions, shared by the data tests --------
+
+COLOUR_CLASSES, COLOUR_PER_CLASS = ("a", "b", "c"), 8
+
+
+@pytest.fixture(scope="session")
+def colour_datasets(tmp_path_factory):
+    """({backend: path}, mean colour of each source image, labels): 24 flat-colour 64x48 images
+    in 3 class folders (make_images.make_image_folder; a crop's mean colour names its image), read
+    in place by torchvision and converted once for ffcv and dali (shards of 5: several files)."""
+    import numpy as np
+    from PIL import Image
+
+    from make_images import make_image_folder
+    from pipelines.convert import convert
+    from pipelines.options import Options
+
+    root = tmp_path_factory.mktemp("colours")
+    files = make_image_folder(root / "src", classes=COLOUR_CLASSES, per_class=COLOUR_PER_CLASS, size=(64, 48))
+    paths = {"torchvision": str(root / "src")}
+    for fmt in ("ffcv", "dali"):
+        convert(root / "src", root / fmt, Options(fmt, shard_size=5), workers=2, progress=False)
+        paths[fmt] = str(root / fmt)
+    colours = np.stack([np.asarray(Image.open(f).convert("RGB"), np.float64).mean((0, 1)) for f in files])
+    labels = np.array([COLOUR_CLASSES.index(f.parent.name) for f in files])
+    return paths, colours, labels

@@ -170,7 +170,7 @@ def test_the_loader_hands_the_step_views_in_the_training_dtype(images, tiny_conf
 
     cfg = tiny_config(images, tmp_path / "run", f"runtime.precision={precision}")
     run = build_run(cfg, dist.World(rank=0, size=1, local_rank=0, device=torch.device("cpu")))
-    assert (run.loader.dtype, run.loader.compiled) == (dtype, cfg.runtime.compile)
+    assert (run.loader.augment.dtype, run.loader.augment.compiled) == (dtype, cfg.runtime.compile)
     run.loader.set_epoch(0)
     view1, view2 = next(iter(run.loader))
     assert view1.dtype == view2.dtype == dtype and view1.shape == (16, 3, 32, 32)

@@ -59,20 +59,15 @@ class Run:
         steps_per_epoch = self.derived.steps_per_epoch
         epoch, offset = divmod(start, steps_per_epoch)
         while True:
-            self.loader.set_epoch(epoch)
-            crops = iter(self.loader.crops)
-            for _ in range(offset):  # resumed mid-epoch: the same order, skip what was done
-                next(crops)
-            for index in range(offset, steps_per_epoch):
-                crops1, crops2, _labels = next(crops)
-                yield index, crops1, crops2
+            self.loader.set_epoch(epoch, skip=offset)  # resumed mid-epoch: the same order, not decoded
+            yield from self.loader.crop_batches()
             epoch, offset = epoch + 1, 0
 
     def views(self, batches: Iterator, clock=NO_CLOCK) -> tuple[torch.Tensor, torch.Tensor]:
         """The input half of a step: the next crops (laps "input"), augmented ("augmentation")."""
         index, crops1, crops2 = next(batches)
         clock.lap("input")
-        views = self.loader.augment(crops1, crops2, index)
+        views = self.loader.augment(crops1, crops2, self.loader.epoch, index)
         clock.lap("augmentation")
         return views
 
