@@ -8,6 +8,7 @@ ffcv, DALI) happen inside the handlers so `fastbt --help` stays fast. Errors mea
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from fastbt import __version__
@@ -38,9 +39,25 @@ def _add_config(sub) -> None:
 
 def _pretrain(args: argparse.Namespace) -> None:
     from fastbt import config
-
     from fastbt.train import loop
-    loop.pretrain(config.load(args.config, args.overrides))
+
+    cfg = config.load(args.config, args.overrides)
+    try:
+        loop.pretrain(cfg)
+    except (ConfigError, RunDirError):
+        raise  # refused: the run directory stays as it was
+    except BaseException:
+        _draw_curves(cfg.train.out_dir)  # stopped, crashed or interrupted: the run so far
+        raise
+    _draw_curves(cfg.train.out_dir)
+
+
+def _draw_curves(run_dir: str) -> None:
+    """RUN_DIR/curves.png from its log, drawn by rank 0 (a failure to draw is only a warning)."""
+    from fastbt import plot
+
+    if os.environ.get("RANK", "0") == "0":
+        plot.curves_at_exit(run_dir)
 
 
 def _add_pretrain(sub) -> None:
@@ -69,13 +86,19 @@ def _add_export(sub) -> None:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from fastbt import config
     from pipelines.convert import convert
     from pipelines.options import Options
 
-    options = Options(args.format, args.max_resolution, args.jpeg_quality, args.shard_size, args.limit,
-                      args.max_unreadable, args.seed)
+    flags = {key: getattr(args, key) for key in ("format", "max_resolution", "jpeg_quality", "shard_size",
+                                                 "limit", "max_unreadable", "seed", "workers")}
+    settings = dataclasses.replace(config.load(args.config, args.overrides).convert,
+                                   **{k: v for k, v in flags.items() if v is not None})
+    options = Options(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(Options)})
     try:
-        convert(args.src, args.out, options, workers=args.workers, overwrite=args.overwrite)
+        convert(args.src, args.out, options, workers=settings.workers, overwrite=args.overwrite)
     except KeyboardInterrupt:
         print(f"\nfastbt convert: interrupted; run the same command again to resume "
               f"(finished shards are kept in {args.out}.partial)", file=sys.stderr)
@@ -84,31 +107,35 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _add_convert(sub) -> None:
-    from pipelines import options as c  # standard library only; the work is imported by _convert
+    from pipelines import options as c  # standard library only; the config's convert.* defaults
 
     p = sub.add_parser("convert", help="convert an ImageNet-layout folder to FFCV or DALI format",
                        description="Convert SRC/<class>/<image> into the dataset folder OUT: FFCV "
                                    "(OUT/data.beton) or DALI webdataset shards (OUT/shard-*.tar + "
                                    ".idx), with OUT/manifest.json. Labels are the sorted class-folder "
-                                   "names. Rerun the same command to resume an interrupted conversion.")
+                                   "names. Rerun the same command to resume an interrupted conversion. "
+                                   "Settings are the convert.* keys of the config (--config, "
+                                   "convert.key=value overrides); a flag given wins over both.")
     p.add_argument("src", help="ImageNet-layout folder: SRC/<class>/<image>")
     p.add_argument("out", help="dataset folder to create (built in OUT.partial, renamed when done)")
+    p.add_argument("overrides", nargs="*", metavar="convert.key=value", help="override a config value")
+    p.add_argument("--config", help="YAML config whose convert section to use (default: configs/base.yaml's)")
     p.add_argument("--format", required=True, choices=c.FORMATS)
-    p.add_argument("--max-resolution", type=int, default=c.MAX_RESOLUTION, metavar="R",
-                   help="resize so the longest side is at most R (default %(default)s)")
-    p.add_argument("--jpeg-quality", type=int, default=c.JPEG_QUALITY, metavar="Q",
-                   help="JPEG quality of the stored images (default %(default)s)")
-    p.add_argument("--workers", type=int, default=None, metavar="W",
+    p.add_argument("--max-resolution", type=int, metavar="R",
+                   help=f"resize so the longest side is at most R (default {c.MAX_RESOLUTION})")
+    p.add_argument("--jpeg-quality", type=int, metavar="Q",
+                   help=f"JPEG quality of the stored images (default {c.JPEG_QUALITY})")
+    p.add_argument("--workers", type=int, metavar="W",
                    help="processes (default: all CPU cores available)")
-    p.add_argument("--shard-size", type=int, default=c.SHARD_SIZE, metavar="S",
-                   help="images per shard (default %(default)s); the unit of parallelism and resume")
-    p.add_argument("--limit", type=int, default=None, metavar="N",
+    p.add_argument("--shard-size", type=int, metavar="S",
+                   help=f"images per shard (default {c.SHARD_SIZE}); the unit of parallelism and resume")
+    p.add_argument("--limit", type=int, metavar="N",
                    help="convert only N files, evenly spread over the sorted list (quick trials)")
-    p.add_argument("--max-unreadable", type=float, default=c.MAX_UNREADABLE, metavar="F",
+    p.add_argument("--max-unreadable", type=float, metavar="F",
                    help="fail if more than this fraction of image files cannot be decoded "
-                        "(default %(default)s)")
-    p.add_argument("--seed", type=int, default=c.SEED,
-                   help="seed of the shuffle that spreads the images over the shards (default %(default)s; "
+                        f"(default {c.MAX_UNREADABLE})")
+    p.add_argument("--seed", type=int,
+                   help=f"seed of the shuffle that spreads the images over the shards (default {c.SEED}; "
                         "recorded in the manifest: the same seed gives the same dataset)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=_convert)

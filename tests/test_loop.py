@@ -60,12 +60,12 @@ def test_a_resumed_run_equals_the_uninterrupted_run(images, tiny_config, tmp_pat
     calls = {"n": 0, "sizes": []}
     real_step = TrainStep.__call__
 
-    def crash_at_step_8(self, view1, view2):
+    def crash_at_step_8(self, view1, view2, *clock):
         calls["n"] += 1
         calls["sizes"].append(view1.shape[-1])
         if calls["n"] == 8:
             raise Crash()
-        return real_step(self, view1, view2)
+        return real_step(self, view1, view2, *clock)
 
     monkeypatch.setattr(TrainStep, "__call__", crash_at_step_8)
     with pytest.raises(Crash):
@@ -85,9 +85,9 @@ def test_a_non_finite_loss_stops_the_run_and_names_the_step(images, tiny_config,
     real_loss = TrainStep.loss
     calls = {"n": 0}
 
-    def nan_from_step_5(self, view1, view2):
+    def nan_from_step_5(self, view1, view2, *clock):
         calls["n"] += 1
-        loss = real_loss(self, view1, view2)
+        loss = real_loss(self, view1, view2, *clock)
         return loss * float("nan") if calls["n"] >= 5 else loss
 
     monkeypatch.setattr(TrainStep, "loss", nan_from_step_5)

@@ -1,7 +1,6 @@
 """The loop's one body (epoch iterator + step with a clock seam), the profiler's interleaved
 windows and their reliability, and `fastbt profile --sweep`, on tiny CPU runs."""
 
-import itertools
 import json
 import os
 import statistics
@@ -20,14 +19,20 @@ from fastbt.profiling.clocks import WallClock
 from fastbt.train.run import build_run
 
 
-def test_the_epoch_iterator_resumes_at_epoch_and_offset(images, tiny_config, tmp_path):
+def test_the_profiled_batches_are_the_loops_and_resume_at_epoch_and_offset(images, tiny_config, tmp_path):
+    """What the profiler steps through (crop batches + augmentation, timed apart) is what iterating
+    the loader gives the loop, and resumes at (epoch, offset) as a resumed run does."""
     run = build_run(tiny_config(images, tmp_path), dist.init("cpu"))  # 5 steps per epoch
-    whole = list(itertools.islice(run.batches(0), 12))
-    resumed = list(itertools.islice(run.batches(7), 5))  # epoch 1, offset 2
-    assert [index for index, _, _ in whole] == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1]
-    for (i, a1, a2), (j, b1, b2) in zip(whole[7:], resumed):
-        assert i == j and torch.equal(a1, b1) and torch.equal(a2, b2)
-    assert not torch.equal(whole[0][1], whole[5][1])  # a new epoch is a new order
+    whole = profiler.crop_batches(run, 0)
+    profiled = [profiler.views(run, whole) for _ in range(10)]
+    looped = [views for epoch in range(2) for views in run.epoch(epoch)]
+    resumed = profiler.crop_batches(run, 7)  # epoch 1, offset 2
+    assert [next(resumed)[:2] for _ in range(4)] == [(1, 2), (1, 3), (1, 4), (2, 0)]
+    for (a1, a2), (b1, b2) in zip(profiled, looped, strict=True):
+        assert torch.equal(a1, b1) and torch.equal(a2, b2)
+    for (a1, a2), (b1, b2) in zip(looped[7:], run.epoch(1, skip=2), strict=True):
+        assert torch.equal(a1, b1) and torch.equal(a2, b2)
+    assert not torch.equal(profiled[0][0], profiled[5][0])  # a new epoch is a new order
 
 
 def test_the_step_reports_its_phases_to_a_clock_and_the_clock_changes_nothing(images, tiny_config,
@@ -35,10 +40,10 @@ def test_the_step_reports_its_phases_to_a_clock_and_the_clock_changes_nothing(im
     cfg = tiny_config(images, tmp_path)
     plain, clocked = (build_run(cfg, dist.init("cpu")) for _ in range(2))  # seeded alike
     clock = WallClock(torch.device("cpu"))
-    b1, b2 = plain.batches(), clocked.batches()
+    b1, b2 = profiler.crop_batches(plain), profiler.crop_batches(clocked)
     for i in range(2):
-        loss = plain.step(i, b1)
-        clocked_loss = clocked.step(i, b2, clock)
+        loss = profiler.step(plain, i, b1)
+        clocked_loss = profiler.step(clocked, i, b2, clock)
         assert list(clock.stop()) == ["input", "augmentation", "forward", "loss", "backward",
                                       "optimizer"]
         assert torch.equal(loss, clocked_loss)

@@ -129,7 +129,7 @@ def test_a_directory_or_an_unreadable_file_is_named(tmp_path, monkeypatch):
             raise PermissionError(13, "Permission denied", str(path))
         return builtins.open(path, *args, **kwargs)
 
-    monkeypatch.setattr(config, "open", refuse, raising=False)
+    monkeypatch.setattr(config.loader, "open", refuse, raising=False)  # where the file is read
     with pytest.raises(ConfigError, match=f"^config file '{locked}' cannot be read: Permission denied$"):
         config.load(locked)
 

@@ -137,7 +137,7 @@ def run(out: Path, overrides: list[str], fresh: bool = False, with_profile: bool
     pretrained, _ = load_backbone(run_dir / "backbone.pth", cfg.model.arch)
     results = {name: knn(net) for name, net in (("pretrained", pretrained), ("random init", random_init))}
     lap("evaluate")
-    curves = plot.write_curves(run_dir)  # the loop drew it; again, so it has every record
+    curves = plot.write_curves(run_dir)  # the run's curves, every record
 
     print(summary(cfg, run_dir, profile_dir, curves, results, times, len(knn.train.classes)))
     return results

@@ -102,6 +102,61 @@ def _check_same_setup(saved: dict, setup: dict, out_dir: Path) -> None:
                               "settings to resume, or choose another output directory")
 
 
+def _probe_data(cfg: Config, frozen: Frozen, width: int, train, val, cached: bool, device):
+    """(the head's training batches by epoch, (val features, val labels)): training batches are
+    random crops through the frozen backbone, or with `cached` features of center crops."""
+    ev, lin = cfg.eval, cfg.eval.linear
+
+    def features_of(data):
+        batches = center_crops(data, size=ev.size, resize=ev.resize, aug=cfg.aug, batch_size=ev.batch_size,
+                               device=device, workers=cfg.data.workers)
+        out = torch.empty(data.size, width, dtype=bank_dtype(device), device=device)
+        return extract_features(frozen, batches, out=out)
+
+    val_features = features_of(val)
+    if cached:
+        return cached_batches(*features_of(train), lin.batch_size, lin.seed), val_features
+    view = ViewSpec(crop_scale=lin.crop_scale, jitter_p=0.0, gray_p=0.0, blur_p=0.0, solarize_p=0.0)
+    crops = random_crops(train, view=view, size=ev.size, interpolation=lin.interpolation,
+                         batch_size=lin.batch_size, device=device, seed=lin.seed, workers=cfg.data.workers)
+    return augmented_batches(crops, frozen, cfg.aug.mean, cfg.aug.std), val_features
+
+
+def _train_head(lin, head: nn.Module, optimizer, train_batches, val: tuple, saved: dict | None,
+                out_dir: Path, setup: dict) -> list[dict]:
+    """The epochs not done yet (resumed from `saved`), a checkpoint and a log record after each;
+    returns every epoch's record."""
+    epoch, history = 0, []
+    if saved is not None:
+        head.load_state_dict(saved["head"])
+        optimizer.load_state_dict(saved["optimizer"])
+        epoch, history = saved["epoch"], saved["history"]
+        print(f"linear probe: resumed from {saved['path']} (epoch {epoch} of {lin.epochs})", flush=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_path = out_dir / "log.jsonl"
+    log_path.unlink(missing_ok=True)  # the log is the checkpoint's history, then each new epoch
+    log = RunLog(log_path)
+    for record in history:
+        log.write(record)
+
+    while epoch < lin.epochs:
+        epoch_start = time.perf_counter()
+        lr = cosine_lr(lin.lr, epoch, lin.epochs)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss, images = train_epoch(head, optimizer, train_batches(epoch))
+        epoch += 1
+        record = {"epoch": epoch, "lr": lr, "train_loss": loss, **head_accuracy(head, *val),
+                  "train_images": images, "seconds": time.perf_counter() - epoch_start}
+        history.append(record)
+        checkpoint.save(out_dir, epoch, {"head": head.state_dict(), "optimizer": optimizer.state_dict(),
+                                         "epoch": epoch, "history": history, "setup": setup})
+        log.write(record)
+        print(f"linear probe: epoch {epoch}/{lin.epochs}  loss {record['train_loss']:.3f}  "
+              f"top-1 {record['top1']:.2f}%  top-5 {record['top5']:.2f}%", flush=True)
+    return history
+
+
 def linear_probe(cfg: Config, weights: str | Path, cached: bool = False,
                  out_dir: str | Path | None = None) -> dict:
     """Train and score the linear head; returns the result (also written beside the weights)."""
@@ -123,58 +178,15 @@ def linear_probe(cfg: Config, weights: str | Path, cached: bool = False,
 
     place(backbone, cfg.runtime, device).eval().requires_grad_(False)
     frozen = Frozen.configured(backbone, cfg.runtime, device)
-
-    def features_of(data):
-        batches = center_crops(data, size=ev.size, resize=ev.resize, aug=cfg.aug, batch_size=ev.batch_size,
-                               device=device, workers=cfg.data.workers)
-        out = torch.empty(data.size, width, dtype=bank_dtype(device), device=device)
-        return extract_features(frozen, batches, out=out)
-
     start = time.perf_counter()
-    val_features, val_labels = features_of(val)
-    if cached:
-        train_batches = cached_batches(*features_of(train), lin.batch_size, lin.seed)
-    else:
-        view = ViewSpec(crop_scale=lin.crop_scale, jitter_p=0.0, gray_p=0.0, blur_p=0.0, solarize_p=0.0)
-        crops = random_crops(train, view=view, size=ev.size, interpolation=lin.interpolation,
-                             batch_size=lin.batch_size, device=device, seed=lin.seed,
-                             workers=cfg.data.workers)
-        train_batches = augmented_batches(crops, frozen, cfg.aug.mean, cfg.aug.std)
+    train_batches, (val_features, val_labels) = _probe_data(cfg, frozen, width, train, val, cached, device)
     extract_seconds = time.perf_counter() - start
 
     head = build_head(width, len(train.classes), lin.init_std, lin.seed).to(device)
     optimizer = torch.optim.SGD(head.parameters(), lr=lin.lr, momentum=lin.momentum,
                                 weight_decay=lin.weight_decay)
-    epoch, history = 0, []
-    if saved is not None:
-        head.load_state_dict(saved["head"])
-        optimizer.load_state_dict(saved["optimizer"])
-        epoch, history = saved["epoch"], saved["history"]
-        print(f"linear probe: resumed from {saved['path']} (epoch {epoch} of {lin.epochs})", flush=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log_path = out_dir / "log.jsonl"
-    log_path.unlink(missing_ok=True)  # the log is the checkpoint's history, then each new epoch
-    log = RunLog(log_path)
-    for record in history:
-        log.write(record)
-
-    while epoch < lin.epochs:
-        epoch_start = time.perf_counter()
-        lr = cosine_lr(lin.lr, epoch, lin.epochs)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss, images = train_epoch(head, optimizer, train_batches(epoch))
-        epoch += 1
-        record = {"epoch": epoch, "lr": lr, "train_loss": loss,
-                  **head_accuracy(head, val_features, val_labels), "train_images": images,
-                  "seconds": time.perf_counter() - epoch_start}
-        history.append(record)
-        checkpoint.save(out_dir, epoch, {"head": head.state_dict(), "optimizer": optimizer.state_dict(),
-                                         "epoch": epoch, "history": history, "setup": setup})
-        log.write(record)
-        print(f"linear probe: epoch {epoch}/{lin.epochs}  loss {record['train_loss']:.3f}  "
-              f"top-1 {record['top1']:.2f}%  top-5 {record['top5']:.2f}%", flush=True)
-
+    history = _train_head(lin, head, optimizer, train_batches, (val_features, val_labels), saved,
+                          out_dir, setup)
     last = history[-1]
     result = {"weights": str(weights), "arch": cfg.model.arch, "cached_features": cached,
               "top1": last["top1"], "top5": last["top5"], "best_top1": max(r["top1"] for r in history),

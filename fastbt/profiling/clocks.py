@@ -1,9 +1,9 @@
-"""Clocks for the step's seam: the loop body calls `start()` before asking for a batch and
-`lap(name)` after each phase (fastbt.train.run: "input", "augmentation"; fastbt.train.step: "forward", "loss",
-"backward", "optimizer"). A lap closes the current phase under `name` and opens the next, so the
-phases partition the step; a name used twice in a step accumulates.
+"""Clocks for the step's seam: the profiled step calls `start()` before asking for a batch and
+`lap(name)` after each phase (fastbt.profiling.windows: "input", "augmentation"; fastbt.train.step:
+"forward", "loss", "backward", "optimizer"). A lap closes the current phase under `name` and opens
+the next, so the phases partition the step; a name used twice in a step accumulates.
 
-- `NO_CLOCK`: the default, does nothing (pretraining pays nothing for the seam).
+- `NO_CLOCK` (fastbt.train.meter): the default, does nothing (pretraining pays nothing for the seam).
 - `WallClock` (CPU): the wall clock read at every lap, after synchronizing the device (a no-op on
   CPU, where work is done when the call returns).
 - `EventClock` (CUDA, the GPU-only layer): an event per lap on the current stream and one
@@ -23,17 +23,6 @@ from collections import defaultdict
 import torch
 
 from fastbt.train.meter import synchronize
-
-
-class NoClock:
-    def start(self) -> None:
-        pass
-
-    def lap(self, name: str) -> None:
-        pass
-
-
-NO_CLOCK = NoClock()
 
 
 class _HostLaps:

@@ -1,8 +1,10 @@
 """`fastbt profile`: where a pretraining step's time goes, and what bounds the run.
 
-The run is built as pretraining builds it (`fastbt.train.run.build_run`) and measured through the loop's
-own body: its epoch iterator (`Run.batches`) and its step (`Run.step` = `Run.views` + `Run.train`).
-The profiler only chooses clocks and windows. Every process measures:
+The run is built as pretraining builds it (`fastbt.train.run.build_run`) and measured through what
+the loop steps through: the loader's batches (`set_epoch(epoch, skip)`, then its crop batches and
+its augmentation, which are what iterating it yields) and `Run.train`. `step` below is one loop step
+with a clock lap between phases. The profiler only chooses clocks and windows. Every process
+measures:
 
 1. warm-up: `profile.warmup_steps` steps of each window kind, timed apart (compilation, worker
    start-up, JIT), excluded from the rates;
@@ -10,15 +12,15 @@ The profiler only chooses clocks and windows. Every process measures:
    times (step, loader, end to end, step, loader, ...), so that a noisy machine slows all three
    alike; the median and spread of each kind:
    - step alone: `Run.train` on synthetic views already on the device (what the step consumes);
-   - loader alone: `Run.views`, no step (what the loader can deliver), after a lead-in of
+   - loader alone: `views`, no step (what the loader can deliver), after a lead-in of
      unmeasured steps that drains what the workers prefetched meanwhile;
-   - end to end: `Run.step`, with the Meter as its clock, as in the loop;
+   - end to end: `step`, with the Meter as its clock, as in the loop;
    - with a progressive-resolution schedule (aug.resolution), loader and end to end read an epoch
      at the final size, and a fourth kind, the step alone at the start size, gives the rate at the
      other end: the projection integrates over the schedule (`verdict.project_schedule`);
-3. breakdown: `Run.step` under a phase clock (fastbt.profiling.clocks): data wait, host-to-device,
+3. breakdown: `step` under a phase clock (fastbt.profiling.clocks): data wait, host-to-device,
    augmentation, forward, loss op, backward, optimizer; with several processes the steps are
-   repeated without gradient sync and the backward's difference is the gradient communication.
+   repeated inside DDP's `no_sync()` and the backward's difference is the gradient communication.
 
 Then model FLOPs per pair, peak memory, the load average at start and end, optionally a
 torch.profiler trace of a few steps; rank 0 writes the report (fastbt.profiling.report).
@@ -26,6 +28,7 @@ torch.profiler trace of a few steps; rank 0 writes the report (fastbt.profiling.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import resource
@@ -34,19 +37,20 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.distributed as torch_dist
+from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
 from fastbt import config, dist
-
-from fastbt.profiling import environment, report, verdict
 from fastbt.config import Config
-from fastbt.train.meter import Meter, synchronize
-from fastbt.profiling.clocks import NO_CLOCK, phase_clock
-from fastbt.train.run import Run, build_run
 from fastbt.precision import autocast_dtype
+from fastbt.profiling import environment, report, verdict
+from fastbt.profiling.clocks import phase_clock
+from fastbt.train.meter import NO_CLOCK, Meter, synchronize
+from fastbt.train.run import Run, build_run
 from pipelines.resolution import sizes
 
 FORMAT_VERSION = 2  # 2: windows are medians of interleaved repeats, with their spread
@@ -108,13 +112,13 @@ def measure(cfg: Config, world: dist.World, out_dir: Path) -> dict:
     pairs = run.derived.per_device_batch
     resolution = cfg.aug.resolution
     # the loader's windows read an epoch at the final size (the first, unless a schedule is on)
-    batches = run.batches(resolution.ramp_end_epoch * run.derived.steps_per_epoch if resolution.on else 0)
+    batches = crop_batches(run, resolution.ramp_end_epoch * run.derived.steps_per_epoch if resolution.on else 0)
     synthetic = _synthetic_views(pairs, cfg.aug.size, device)
     schedule = itertools.count()  # the LR schedule's step: any, as long as it moves on
     bodies = {  # one step of each window kind, reporting to `clock`
-        "loader": lambda clock: (clock.start(), run.views(batches, clock)),
+        "loader": lambda clock: (clock.start(), views(run, batches, clock)),
         "step": lambda clock: (clock.start(), run.train(next(schedule), *synthetic, clock)),
-        "end_to_end": lambda clock: run.step(next(schedule), batches, clock),
+        "end_to_end": lambda clock: step(run, next(schedule), batches, clock),
     }
     if resolution.on:  # and the step alone at the schedule's start size, interleaved with the rest
         small = _synthetic_views(pairs, resolution.start, device)
@@ -125,7 +129,14 @@ def measure(cfg: Config, world: dist.World, out_dir: Path) -> dict:
     phases, phase_step_s, per_step = _breakdown(run, batches, cfg.profile.steps)
     if cfg.profile.trace:
         _trace(run, batches, cfg.profile.trace_steps, out_dir / "trace.json")
+    return _results(cfg, world, run, windows, (phases, phase_step_s, per_step), load_start)
 
+
+def _results(cfg: Config, world: dist.World, run: Run, windows: dict[str, Window], breakdown: tuple,
+             load_start: tuple[float, ...]) -> dict:
+    """The report's dict: the windows' rates, the phase breakdown, FLOPs, memory, the verdict."""
+    phases, phase_step_s, per_step = breakdown
+    device, pairs = world.device, run.derived.per_device_batch
     rates = {name: w.pairs_per_s for name, w in windows.items()}
     spreads = {name: w.spread for name, w in windows.items()}
     precision = "bf16" if autocast_dtype(cfg.runtime.precision, device) == torch.bfloat16 else "fp32"
@@ -229,16 +240,44 @@ def _windows(bodies: dict, warmup: int, steps: int, repeats: int, device: torch.
     return windows
 
 
+def crop_batches(run: Run, start: int = 0) -> Iterator[tuple[int, int, Tensor, Tensor]]:
+    """(epoch, index, crops1, crops2) of every step from `start` (0-based) on, endlessly: what the
+    loader yields, before its augmentation (`views` applies it, timing each half)."""
+    epoch, skip = divmod(start, run.derived.steps_per_epoch)
+    while True:
+        run.loader.set_epoch(epoch, skip=skip)
+        for index, crops1, crops2 in run.loader.crop_batches():
+            yield epoch, index, crops1, crops2
+        epoch, skip = epoch + 1, 0
+
+
+def views(run: Run, batches: Iterator, clock=NO_CLOCK) -> tuple[Tensor, Tensor]:
+    """The input half of a loop step: the next crops (laps "input"), augmented ("augmentation")."""
+    epoch, index, crops1, crops2 = next(batches)
+    clock.lap("input")
+    view1, view2 = run.loader.augment(crops1, crops2, epoch, index)
+    clock.lap("augmentation")
+    return view1, view2
+
+
+def step(run: Run, i: int, batches: Iterator, clock=NO_CLOCK) -> Tensor:
+    """One loop step (`clock.start()`, `views`, `Run.train`), every phase lapping `clock`."""
+    clock.start()
+    return run.train(i, *views(run, batches, clock), clock)
+
+
 def _phased_steps(run: Run, batches, steps: int, sync_grads: bool) -> tuple[list[dict], float]:
     """`steps` loop steps under the phase clock: their phase times (and the host's wait for the
-    next crops), and the mean wall time of a step measured around them (what the phases add to)."""
+    next crops), and the mean wall time of a step measured around them (what the phases add to).
+    Without `sync_grads`, inside DDP's no_sync(): the backward does not communicate."""
     device = run.world.device
     clock = phase_clock(device)
     laps = []
     synchronize(device)
     began = time.perf_counter()
     for i in range(steps):
-        run.step(i, batches, clock, sync_grads)
+        with contextlib.nullcontext() if sync_grads else run.train_step.model.no_sync():
+            step(run, i, batches, clock)
         laps.append({**clock.stop(), "host_wait": clock.host["input"]})
     synchronize(device)
     return laps, (time.perf_counter() - began) / steps
@@ -314,7 +353,7 @@ def _trace(run: Run, batches, steps: int, path: Path) -> None:
     with torch.profiler.profile(activities=activities) as prof:
         for i in range(steps):
             with torch.profiler.record_function(f"step {i}"):
-                run.step(i, batches)
+                step(run, i, batches)
         synchronize(run.world.device)
     if run.world.is_main:
         prof.export_chrome_trace(str(path))

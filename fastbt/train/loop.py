@@ -1,71 +1,26 @@
-"""`pretrain(cfg)`: run the loop over the parts `fastbt.train.run.build_run` wires, top to bottom.
+"""`pretrain(cfg)`: the pretraining loop, top to bottom (as facebookresearch/barlowtwins main.py).
 
-config -> the run's epoch iterator (crops on the device) -> its step (augmentation, model with
-global BN and DDP, compiled forward, fused loss, LARS) -> every N steps: one host sync for metrics,
-the non-finite check, the preemption check -> checkpoints (fastbt.train.checkpoint) by step count, by
-time, on preemption and at the end.
+config -> the run (`fastbt.train.run.build_run`: loader, model with global BN and DDP, LARS, step)
+-> for each epoch, the loader's augmented views -> the step -> the components that say when they
+are due (`fastbt.train.monitors`): a progress report every N steps (the one host sync, the
+non-finite and preemption checks), checkpoints by step count, by time, on preemption and at the end,
+the online kNN monitor at the end of an epoch. Curves are drawn by the caller (`fastbt pretrain`).
 """
 
 from __future__ import annotations
 
-import signal
 import time
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
-
-from fastbt.train import checkpoint, rundir
-
-from fastbt import config, dist, plot
+from fastbt import dist
 from fastbt.config import Config
-from fastbt.errors import RunStopped
-from fastbt.eval.protocol import KnnEval
-from fastbt.train.meter import Meter
-from fastbt.train.run import build_run
-from fastbt.runlog import RunLog
-
-
-class NonFiniteLoss(RunStopped):
-    pass
-
-
-class PreemptionFlag:
-    """SIGTERM / SIGUSR1 (what schedulers send before a kill) set a flag the loop polls."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def restore(self):
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-
-
-class NonFiniteWatch:
-    """Remembers, on the device, the first step whose loss was not finite; no sync until check()."""
-
-    def __init__(self, device: torch.device):
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
-
-    def update(self, loss: torch.Tensor, step: int) -> None:
-        bad = ~torch.isfinite(loss) & (self.first_bad < 0)
-        self.first_bad = torch.where(bad, step, self.first_bad)
-
-    def check(self, last_checkpoint: str | None) -> None:
-        step = int(self.first_bad.item())
-        if step >= 0:
-            kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else \
-                "no checkpoint was written before it"
-            raise NonFiniteLoss(f"the loss became non-finite at step {step}; stopping ({kept})")
+from fastbt.train import checkpoint, rundir
+from fastbt.train.monitors import Checkpoints, KnnMonitor, NonFiniteLoss, Progress  # noqa: F401
+from fastbt.train.run import Run, build_run
 
 
 def pretrain(cfg: Config) -> Path:
+    """Pretrain (or resume) in cfg.train.out_dir; returns it, also when preempted."""
     world = dist.init(cfg.runtime.device)
     try:
         with rundir.exclusive(Path(cfg.train.out_dir), world):  # one run per directory
@@ -78,84 +33,53 @@ def _pretrain(cfg: Config, world: dist.World) -> Path:
     run_dir = Path(cfg.train.out_dir)
     resume_from = rundir.prepare(run_dir, cfg, world)  # config check, log cut, config.yaml
     run = build_run(cfg, world)
-    derived, model = run.derived, run.model
     step = checkpoint.resume_run(  # after DDP's broadcast: every rank loads it
-        resume_from, model, run.optimizer, map_location=world.device)
+        resume_from, run.model, run.optimizer, map_location=world.device)
     if step:
         dist.print0(world, f"fastbt: resumed from {resume_from}")
-    # the optional online kNN monitor runs on every rank (it shares the work with collectives)
-    knn = KnnEval(cfg, world.device, world.rank, world.size) if cfg.eval.knn.every_epochs else None
-
-    def save_checkpoint() -> str:
-        watch.check(last_checkpoint)  # never save weights that came from a non-finite loss
+    knn = KnnMonitor(cfg, world, run.derived.steps_per_epoch)
+    progress = Progress(cfg, world, run, run_dir, step)
+    checkpoints = Checkpoints(cfg, world, run, run_dir, progress.watch)
+    _announce(world, run, run_dir, step)
+    try:
+        step, stopped = train(run, step, progress, checkpoints, knn)
+        if stopped:
+            dist.print0(world, f"fastbt: preempted; checkpoint {checkpoints.last} written at step {step}, "
+                               "exiting")
+            return run_dir
+        checkpoints.save(step)
         if world.is_main:
-            return str(checkpoint.save_run(run_dir, step, model, run.optimizer,
-                                           derived.steps_per_epoch, cfg))
-        return last_checkpoint
+            checkpoint.save_backbone(run.model, run_dir / "backbone.pth")
+        dist.print0(world, f"fastbt: done; backbone weights in {run_dir / 'backbone.pth'}")
+        return run_dir
+    finally:
+        progress.close()
 
-    log = RunLog(run_dir / "log.jsonl" if world.is_main else None,
-                 tensorboard_dir=run_dir / "tb" if cfg.logging.tensorboard else None)
+
+def train(run: Run, step: int, progress: Progress, checkpoints: Checkpoints,
+          knn: KnnMonitor) -> tuple[int, bool]:
+    """The epochs from `step` (steps done) on: (the steps done at the end, whether it stopped early)."""
+    start_epoch, skip = divmod(step, run.derived.steps_per_epoch)
+    for epoch in range(start_epoch, run.cfg.train.epochs):
+        for view1, view2 in progress.meter.timed(run.epoch(epoch, skip)):  # the meter times the wait
+            loss = run.train(step, view1, view2)
+            step += 1  # steps done; the log and messages count from 1
+            progress.update(loss, step)
+            stop = progress.due(step) and progress.report(step, loss, checkpoints.last)
+            if checkpoints.maybe_save(step, time.monotonic(), stop):
+                progress.meter.restart()  # the save's time is not training throughput
+            if stop:
+                return step, True
+        skip = 0
+        if knn.due(step):
+            progress.log.write(knn(run.model.backbone, step))
+            progress.meter.restart()  # nor is the check's
+    return step, False
+
+
+def _announce(world: dist.World, run: Run, run_dir: Path, step: int) -> None:
+    derived = run.derived
     dist.print0(world, f"fastbt: {world.size} process(es) on {world.device.type}, "
                        f"{derived.per_device_batch} pairs per process per step, "
                        f"{derived.steps_per_epoch} steps per epoch, {derived.total_steps} steps; "
                        f"run directory {run_dir}" + (f"; resuming at step {step}" if step else ""))
-    bar = tqdm(total=derived.total_steps, initial=step, unit="step", dynamic_ncols=True,
-               disable=not (world.is_main and cfg.logging.progress_bar))
-    meter = Meter(world.device, derived.per_device_batch)
-    watch = NonFiniteWatch(world.device)
-    preemption = PreemptionFlag()
-    last_checkpoint = checkpoint.checkpoints(run_dir)[0] if checkpoint.checkpoints(run_dir) else None
-    last_checkpoint_time = time.monotonic()
-    first_report = True
-    try:
-        batches = run.batches(step)
-        while step < derived.total_steps:
-            loss = run.step(step, batches, meter)  # the meter times the wait for data
-            step += 1  # steps done; the log and messages count from 1
-            watch.update(loss, step)
-            bar.update(1)
-
-            stop = False
-            if step % cfg.logging.every_steps == 0 or step == derived.total_steps:
-                watch.check(last_checkpoint)
-                rates = meter.report()
-                record = {"step": step, "epoch": step / derived.steps_per_epoch,
-                          "loss": loss.item(), "lr": run.optimizer.param_groups[0]["lr"],
-                          "pairs_per_s": rates.pairs_per_s * world.size,
-                          "pairs_per_s_per_process": rates.pairs_per_s,
-                          "data_wait_frac": rates.data_wait_frac,
-                          "includes_warmup": first_report}  # compile and first-batch costs
-                first_report = False
-                log.write(record)
-                bar.set_postfix(loss=f"{record['loss']:.2f}", pairs_s=f"{record['pairs_per_s']:.0f}")
-                stop = dist.any_rank(preemption.requested, world)
-
-            every = cfg.train.checkpoint_every_steps
-            due = (every and step % every == 0) or \
-                time.monotonic() - last_checkpoint_time > 60 * cfg.train.checkpoint_every_minutes
-            if stop or (due and step < derived.total_steps):
-                last_checkpoint = save_checkpoint()
-                last_checkpoint_time = time.monotonic()
-                meter.restart()
-            if stop:
-                dist.print0(world, f"fastbt: preempted; checkpoint {last_checkpoint} written "
-                                   f"at step {step}, exiting")
-                return run_dir
-            epoch_done = step % derived.steps_per_epoch == 0
-            if knn is not None and epoch_done and knn.due(step // derived.steps_per_epoch):
-                acc = knn(model.backbone)
-                log.write({"step": step, "epoch": step // derived.steps_per_epoch,
-                           "knn_top1": acc["top1"], "knn_top5": acc["top5"]})
-                meter.restart()  # the check's time is not training throughput
-        last_checkpoint = save_checkpoint()
-        if world.is_main:
-            checkpoint.save_backbone(model, run_dir / "backbone.pth")
-        dist.print0(world, f"fastbt: done; backbone weights in {run_dir / 'backbone.pth'}")
-        return run_dir
-    finally:
-        preemption.restore()
-        bar.close()
-        log.close()
-        if world.is_main:  # at the end, on preemption, on a stop: the run so far in one picture
-            plot.curves_at_exit(run_dir)
-

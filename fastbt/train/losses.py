@@ -15,11 +15,12 @@ go in `config.LossConfig` (the only home of their defaults).
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Protocol
 
 from torch import Tensor
 
 from fastbt.config import LossConfig
+from fastbt.registry import Registry
 from fastbt.train.ops import barlow_twins_loss
 
 
@@ -35,9 +36,9 @@ def barlow_twins(cfg: LossConfig) -> Loss:
     return loss
 
 
-LOSSES: dict[str, Callable[[LossConfig], Loss]] = {
+LOSSES: Registry = Registry("loss", {  # name -> builder (LossConfig) -> Loss
     "barlow_twins": barlow_twins,
-}
+})
 
 
 def build_loss(cfg: LossConfig) -> Loss:

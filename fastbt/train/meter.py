@@ -1,20 +1,36 @@
 """Throughput and data-wait accounting for the loop, with host syncs only at report time.
 
-A Meter is a clock for the step's seam (fastbt.profiling.clocks): `start()` begins a step and its wait
-for data, the lap `VIEWS_READY` (the augmented views are ready) ends the wait; every other lap is
-ignored, and nothing synchronizes. Everything else between reports counts as compute. `report()`
+The loop times the wait for each batch of views with `timed(loader)`. A Meter is also a clock for
+the step's seam (the profiler's windows, fastbt.profiling.clocks): `start()` begins a step and its
+wait for data, the lap `VIEWS_READY` (the augmented views are ready) ends the wait; every other lap
+is ignored, and nothing synchronizes. Everything else between reports counts as compute. `report()`
 is the one place that synchronizes with the device, so the interval's wall time covers all the
-work queued in it.
+work queued in it. `NO_CLOCK`, the step's default clock, does nothing.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Iterable, Iterator, TypeVar
 
 import torch
 
-VIEWS_READY = "augmentation"  # the last lap of the input half of a step (fastbt.train.run.Run.views)
+VIEWS_READY = "augmentation"  # the last lap of the input half of a step (the augmented views)
+T = TypeVar("T")
+
+
+class NoClock:
+    """The clock a step reports its phases to when nobody measures them: does nothing."""
+
+    def start(self) -> None:
+        pass
+
+    def lap(self, name: str) -> None:
+        pass
+
+
+NO_CLOCK = NoClock()
 
 
 def synchronize(device: torch.device) -> None:
@@ -54,6 +70,19 @@ class Meter:
     def lap(self, name: str) -> None:
         if name == VIEWS_READY:
             self.waited += time.perf_counter() - self._wait_began
+
+    def timed(self, batches: Iterable[T]) -> Iterator[T]:
+        """Yield what `batches` yields, counting each as a step and the wait for it as data wait."""
+        batches = iter(batches)
+        while True:
+            began = time.perf_counter()
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            self.steps += 1
+            self.waited += time.perf_counter() - began
+            yield batch
 
     def report(self) -> Rates:
         """Rates over the steps since the last report (syncs the device), then restart."""

@@ -14,11 +14,13 @@ layer, and one `ARCHS` entry.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torchvision
 from torch import nn
+
+from fastbt.registry import Registry
 
 # construction arguments beyond weights=None, by the torchvision module that defines the model
 _TORCHVISION_KWARGS = {
@@ -36,10 +38,10 @@ def torchvision_classifier(name: str) -> nn.Module:
 
 COMMON_ARCHS = ("resnet18", "resnet34", "resnet50")  # listed first; what a weights file is tried against
 # every torchvision classifier but squeezenet, whose classifier is a convolution: no feature vector
-ARCHS: dict[str, Callable[[], nn.Module]] = {
-    name: functools.partial(torchvision_classifier, name)
-    for name in COMMON_ARCHS + tuple(torchvision.models.list_models(module=torchvision.models))
-    if not name.startswith("squeezenet")}
+ARCHS: Registry = Registry("backbone", (
+    (name, functools.partial(torchvision_classifier, name))
+    for name in dict.fromkeys(COMMON_ARCHS + tuple(torchvision.models.list_models(module=torchvision.models)))
+    if not name.startswith("squeezenet")))
 
 
 def build_backbone(arch: str) -> tuple[nn.Module, int]:

@@ -1,21 +1,18 @@
 """`build_run(cfg, world)`: the parts of a pretraining run, built and wired, ready to step.
 
 Seeding, the loader (this rank's shard), the values derived from the config and the dataset size,
-the model with global-batch BN (DDP-wrapped for several processes), LARS and the TrainStep. The
-run also owns the loop's body, used by pretraining (`fastbt.train.loop`), profiling and tracing
-(`fastbt.profiling.windows`) alike, so what the profiler measures is what pretraining runs:
+the model with global-batch BN (DDP-wrapped for several processes), LARS and the TrainStep. What
+pretraining (`fastbt.train.loop`) and profiling (`fastbt.profiling.windows`) both step through:
 
-- `batches(start)`: the one epoch iterator, this rank's crop batches from step `start` on, epoch
-  after epoch (resumable at (epoch, offset): a resumed run replays the same order);
-- `step(i, batches, clock)`: one step of the loop, `views` (next crops, augmentation) then
-  `train` (LR, forward, loss, backward, optimizer), reporting its phases to `clock`
-  (fastbt.profiling.clocks; a no-op by default, the Meter in the loop).
+- `epoch(e, skip)`: the loader, set to yield this rank's (view1, view2) batches `skip`.. of epoch `e`
+  (a resumed run replays the same order and augmentation);
+- `train(i, view1, view2, clock)`: step `i` (LR, forward, loss, backward, optimizer), reporting its
+  phases to `clock` (fastbt.profiling.clocks; a no-op by default).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.distributed as torch_dist
@@ -25,12 +22,12 @@ import pipelines
 from fastbt import config, dist
 from fastbt.config import Config, Derived
 from fastbt.errors import ConfigError
+from fastbt.precision import autocast_dtype, use_channels_last
 from fastbt.train.losses import build_loss
+from fastbt.train.meter import NO_CLOCK
 from fastbt.train.model import build_model
 from fastbt.train.norm import use_global_batch_norm
 from fastbt.train.optim import build_optimizer, lr_at, set_lr
-from fastbt.profiling.clocks import NO_CLOCK
-from fastbt.precision import autocast_dtype, use_channels_last
 from fastbt.train.step import TrainStep
 from pipelines.loader import TwoViewLoader
 from pipelines.resolution import sizes
@@ -54,35 +51,17 @@ class Run:
         set_lr(self.optimizer, lrs)
         return lrs
 
-    def batches(self, start: int = 0) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-        """(index in epoch, crops1, crops2) of every step from `start` (0-based) on, endlessly."""
-        steps_per_epoch = self.derived.steps_per_epoch
-        epoch, offset = divmod(start, steps_per_epoch)
-        while True:
-            self.loader.set_epoch(epoch, skip=offset)  # resumed mid-epoch: the same order, not decoded
-            yield from self.loader.crop_batches()
-            epoch, offset = epoch + 1, 0
+    def epoch(self, epoch: int, skip: int = 0) -> TwoViewLoader:
+        """The loader set to yield (view1, view2), augmented, for batches `skip`.. of `epoch` (a
+        resumed run: `skip` batches were done; they are not decoded again where the format allows)."""
+        self.loader.set_epoch(epoch, skip=skip)
+        return self.loader
 
-    def views(self, batches: Iterator, clock=NO_CLOCK) -> tuple[torch.Tensor, torch.Tensor]:
-        """The input half of a step: the next crops (laps "input"), augmented ("augmentation")."""
-        index, crops1, crops2 = next(batches)
-        clock.lap("input")
-        views = self.loader.augment(crops1, crops2, self.loader.epoch, index)
-        clock.lap("augmentation")
-        return views
-
-    def train(self, step: int, view1: torch.Tensor, view2: torch.Tensor, clock=NO_CLOCK,
-              sync_grads: bool = True) -> torch.Tensor:
-        """The compute half: the LR of `step` (0-based), then the TrainStep (its laps: "forward",
-        "loss", "backward", "optimizer"). Returns the loss as a 0-dim device tensor."""
+    def train(self, step: int, view1: torch.Tensor, view2: torch.Tensor, clock=NO_CLOCK) -> torch.Tensor:
+        """The LR of `step` (0-based), then the TrainStep (its laps: "forward", "loss", "backward",
+        "optimizer"). Returns the loss as a 0-dim device tensor."""
         self.set_lr(step)
-        self.train_step.clock, self.train_step.sync_grads = clock, sync_grads
-        return self.train_step(view1, view2)
-
-    def step(self, step: int, batches: Iterator, clock=NO_CLOCK, sync_grads: bool = True) -> torch.Tensor:
-        """One step of the loop: `clock.start()`, then `views` and `train`."""
-        clock.start()
-        return self.train(step, *self.views(batches, clock), clock, sync_grads)
+        return self.train_step(view1, view2, clock)
 
 
 def build_run(cfg: Config, world: dist.World) -> Run:

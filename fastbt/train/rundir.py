@@ -29,11 +29,10 @@ from typing import Any, Callable, Iterator
 
 import torch.distributed as torch_dist
 
-from fastbt.train import checkpoint
-
 from fastbt import config, dist
 from fastbt.config import Config
 from fastbt.errors import RunDirError
+from fastbt.train import checkpoint
 
 LOCK = ".lock"
 LOG = "log.jsonl"
@@ -47,7 +46,7 @@ RUN_FILES = ("ckpt_*.pt", LOG, CONFIG, "backbone.pth")
 SAFE_TO_CHANGE = ("train.out_dir", "train.resume", "train.checkpoint_every_steps",
                   "train.checkpoint_every_minutes", "data.workers", "runtime.device",
                   "runtime.compile", "runtime.compile_mode", "runtime.channels_last",
-                  "logging.", "profile.", "eval.")
+                  "logging.", "profile.", "eval.", "convert.")
 # Keys no resume can change, forced or not: the checkpoint's weights would not fit the model.
 SHAPE_KEYS = ("model.",)
 

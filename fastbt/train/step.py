@@ -4,13 +4,13 @@ The model's two-view forward is what `torch.compile` compiles (and autocast runs
 the loss is injected (`fastbt.train.losses`: the Barlow Twins fused op by default, a registered custom op
 that stays opaque either way), and LARS runs as foreach kernels. The step returns the loss as a
 0-dim device tensor: reading it (`.item()`) is the caller's decision, made only every N steps. The
-step reports its phases to `clock`, which `fastbt.train.run.Run.train` sets: a no-op by default, the
-profiler's phase clock when it measures.
+step reports its phases to the `clock` it is called with: a no-op by default, the profiler's phase
+clock when it measures. Whether DDP all-reduces the gradients is the caller's too: the profiler
+wraps a step in the DDP model's `no_sync()` to time the backward without communication.
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +19,7 @@ from torch import nn
 
 from fastbt.config import RuntimeConfig
 from fastbt.train.losses import Loss
-from fastbt.profiling.clocks import NO_CLOCK
+from fastbt.train.meter import NO_CLOCK
 from fastbt.precision import autocast, autocast_dtype, use_channels_last
 
 
@@ -31,8 +31,6 @@ class TrainStep:
     runtime: RuntimeConfig  # precision, compile, channels_last (the model's memory format)
     device: torch.device
     group: object = None  # the process group of a distributed run, else None
-    clock: object = NO_CLOCK  # laps "forward", "loss", "backward", "optimizer"
-    sync_grads: bool = True  # False: DDP skips the gradient all-reduce (a profiling window)
 
     def __post_init__(self):
         self.world = dist.get_world_size(self.group) if self.group is not None else 1
@@ -44,14 +42,14 @@ class TrainStep:
         self.forward = (torch.compile(self.model, mode=self.runtime.compile_mode, dynamic=False)
                         if self.runtime.compile else self.model)
 
-    def loss(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
+    def loss(self, view1: torch.Tensor, view2: torch.Tensor, clock=NO_CLOCK) -> torch.Tensor:
         """The loss to backpropagate. Under DDP it is scaled by W: DDP averages the W ranks'
         gradients, each holding its rows' share, so x W gives the single-process gradient
         (see fastbt.train.losses). Divide by `self.world` to report it."""
         with autocast(self.device, self.amp_dtype):
             z1, z2 = self.forward(view1.contiguous(memory_format=self.memory_format),
                                   view2.contiguous(memory_format=self.memory_format))
-        self.clock.lap("forward")
+        clock.lap("forward")
         return self.loss_fn(z1, z2, scale=self.world, group=self.group)
 
     def update(self) -> None:
@@ -59,13 +57,12 @@ class TrainStep:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def __call__(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
-        # DDP decides in the forward whether the backward communicates
-        with contextlib.nullcontext() if self.sync_grads else self.model.no_sync():
-            loss = self.loss(view1, view2)
-            self.clock.lap("loss")
-            loss.backward()
-            self.clock.lap("backward")
+    def __call__(self, view1: torch.Tensor, view2: torch.Tensor, clock=NO_CLOCK) -> torch.Tensor:
+        """One step; its phases lap `clock`: "forward", "loss", "backward", "optimizer"."""
+        loss = self.loss(view1, view2, clock)
+        clock.lap("loss")
+        loss.backward()
+        clock.lap("backward")
         self.update()
-        self.clock.lap("optimizer")
+        clock.lap("optimizer")
         return loss.detach() / self.world
