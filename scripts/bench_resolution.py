@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 
 from fastbt import config
-
 from fastbt.profiling import verdict
 from fastbt.train.losses import build_loss
 from fastbt.train.model import build_model

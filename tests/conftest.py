@@ -41,6 +41,19 @@ def tiny_config(tiny):
     return make
 
 
+# ---- fastbt: generated labeled sets, shared by the training and evaluation tests ----------------
+
+@pytest.fixture(scope="session")
+def shapes(tmp_path_factory):
+    """The demo's shapes at 40 px, labeled: train/ (80 images) and val/ (40 other images)."""
+    from fastbt.demo.data import make_demo_folder
+
+    root = tmp_path_factory.mktemp("labeled_shapes")
+    make_demo_folder(root / "train", per_class=8, size=40, seed=0)
+    make_demo_folder(root / "val", per_class=4, size=40, seed=1)
+    return root
+
+
 # ---- pipelines: one generated image folder and its conversions, shared by the data tests --------
 
 COLOUR_CLASSES, COLOUR_PER_CLASS = ("a", "b", "c"), 8

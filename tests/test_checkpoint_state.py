@@ -6,9 +6,8 @@ import random
 import torch
 import torchvision
 
-from fastbt.train import checkpoint
-
 from fastbt import config
+from fastbt.train import checkpoint
 from fastbt.train.model import build_model
 from fastbt.train.optim import build_optimizer
 

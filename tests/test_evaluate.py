@@ -10,16 +10,16 @@ import torch
 from PIL import Image
 
 import distributed
-from fastbt.train import checkpoint
 from fastbt import config, runlog
 from fastbt.cli import main
 from fastbt.demo.data import make_demo_folder
 from fastbt.errors import ConfigError
 from fastbt.eval.data import center_crops, labeled_set
-from fastbt.eval.protocol import KnnEval
 from fastbt.eval.features import Frozen, extract_features
-from fastbt.train.model import build_backbone, build_model
+from fastbt.eval.protocol import KnnEval
 from fastbt.eval.weights import WeightsError, load_backbone
+from fastbt.train import checkpoint
+from fastbt.train.model import build_backbone, build_model
 from pipelines.augment import AugSpec
 from pipelines.convert import convert
 from pipelines.errors import DataError
@@ -29,14 +29,6 @@ from pipelines.shards import shuffled_order
 # 32 px center crops of 40 px images; the whole set in one batch.
 EVAL = ["model.arch=resnet18", "eval.size=32", "eval.resize=32", "eval.batch_size=80",
         "runtime.device=cpu", "runtime.precision=fp32", "data.workers=0"]
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes")
-    make_demo_folder(root / "train", per_class=8, size=40, seed=0)  # 80 images
-    make_demo_folder(root / "val", per_class=4, size=40, seed=1)  # 40 other images
-    return root
 
 
 def data_args(shapes):

@@ -11,9 +11,8 @@ import pytest
 import torch
 import torchvision
 
-from fastbt.train import checkpoint, loop
-
 from fastbt import config, runlog
+from fastbt.train import checkpoint, loop
 from fastbt.train.step import TrainStep
 
 import distributed

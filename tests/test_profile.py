@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from fastbt import config
-
-from fastbt.profiling import windows, verdict
 from fastbt.cli import main
+from fastbt.profiling import windows, verdict
 from pipelines.torchvision_data import TorchvisionCrops
 
 import distributed

@@ -10,11 +10,10 @@ import pytest
 import torch
 
 from fastbt import dist
-
-from fastbt.profiling import sweep, verdict
-from fastbt.profiling import windows as profiler
 from fastbt.cli import main
 from fastbt.errors import ConfigError
+from fastbt.profiling import sweep, verdict
+from fastbt.profiling import windows as profiler
 from fastbt.profiling.clocks import WallClock
 from fastbt.train.run import build_run
 

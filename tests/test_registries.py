@@ -11,12 +11,12 @@ import pytest
 import torch
 import torchvision
 
-import pipelines
 from fastbt import config, runlog
-from fastbt.train import loop, losses, model
 from fastbt.errors import ConfigError
+from fastbt.train import loop, losses, model
 from fastbt.train.model import ARCHS, build_backbone, build_model, feature_width
 from fastbt.train.step import TrainStep
+import pipelines
 from pipelines.augment import AugSpec
 from pipelines.loader import NormalizedBatches, TwoViewLoader
 from pipelines.order import batch_seed, rank_range

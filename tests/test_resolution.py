@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-import pipelines
 from fastbt import config
 from fastbt.train.model import build_model
 from fastbt.train.step import TrainStep
+import pipelines
 from make_images import make_image_folder
 from pipelines.augment import AugSpec
 from pipelines.convert import convert

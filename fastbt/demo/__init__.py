@@ -118,7 +118,7 @@ def run(out: Path, overrides: list[str], fresh: bool = False, with_profile: bool
     lap("convert")
 
     base = config.load(CONFIG, overrides)
-    # the online monitor and the final comparison judge at the training resolution (see eval_config)
+    # the online monitor and the final comparison judge at the training resolution (see fastbt/eval/setup.py)
     cfg_overrides = [f"data.path={beton}", f"train.out_dir={out / 'run'}", f"eval.train={data / 'train'}",
                      f"eval.val={data / 'val'}", f"eval.size={base.aug.size}",
                      f"eval.resize={proportional_resize(base.aug.size)}", *overrides]

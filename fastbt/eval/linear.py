@@ -26,17 +26,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastbt.train import checkpoint, rundir
-
 from fastbt import config, dist
 from fastbt.config import Config
 from fastbt.errors import ConfigError
 from fastbt.eval.data import center_crops, random_crops, train_and_val
-from fastbt.eval.protocol import beside, labeled_paths, write_result
 from fastbt.eval.features import Frozen, bank_dtype, extract_features, place
 from fastbt.eval.knn import accuracy, topk_correct
-from fastbt.runlog import RunLog
+from fastbt.eval.protocol import beside, labeled_paths, write_result
 from fastbt.eval.weights import load_backbone
+from fastbt.runlog import RunLog
+from fastbt.train import checkpoint, rundir
 from pipelines.augment import ViewSpec, normalize, to_float
 
 Batches = Callable[[int], Iterator[tuple[Tensor, Tensor]]]  # epoch -> (features, labels) batches

@@ -23,10 +23,10 @@ from fastbt.config import Config, EvalConfig
 from fastbt.errors import ConfigError
 from fastbt.eval.data import center_crops, train_and_val
 from fastbt.eval.features import (Frozen, bank_dtype, eval_mode, extract_features, gather_columns,
-                             gather_rows, place)
-from fastbt.train.model import feature_width
+                                  gather_rows, place)
 from fastbt.eval.knn import accuracy, merge_nearest, nearest, topk_correct, vote
 from fastbt.eval.weights import load_backbone
+from fastbt.train.model import feature_width
 
 
 def knn_correct(bank: Tensor, bank_labels: Tensor, queries: Tensor, query_labels: Tensor,

@@ -15,9 +15,8 @@ import os
 from pathlib import Path
 
 from fastbt import config
-
-from fastbt.profiling import report, windows
 from fastbt.errors import ConfigError
+from fastbt.profiling import report, windows
 
 
 def parse(sweeps: list[str]) -> list[tuple[str, list[str]]]:

@@ -27,9 +27,8 @@ from torch import Tensor, nn
 
 from fastbt import config
 from fastbt.config import Config
-from pipelines.errors import DataError
-
 from fastbt.errors import RunDirError
+from pipelines.errors import DataError
 
 KEEP = 2  # checkpoints kept: the newest, and one to fall back on if the newest is damaged
 _NAME = re.compile(r"ckpt_(\d+)\.pt$")

@@ -18,7 +18,6 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
-import pipelines
 from fastbt import config, dist
 from fastbt.config import Config, Derived
 from fastbt.errors import ConfigError
@@ -29,6 +28,7 @@ from fastbt.train.model import build_model
 from fastbt.train.norm import use_global_batch_norm
 from fastbt.train.optim import build_optimizer, lr_at, set_lr
 from fastbt.train.step import TrainStep
+import pipelines
 from pipelines.loader import TwoViewLoader
 from pipelines.resolution import sizes
 

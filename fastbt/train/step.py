@@ -18,9 +18,9 @@ import torch.distributed as dist
 from torch import nn
 
 from fastbt.config import RuntimeConfig
+from fastbt.precision import autocast, autocast_dtype, use_channels_last
 from fastbt.train.losses import Loss
 from fastbt.train.meter import NO_CLOCK
-from fastbt.precision import autocast, autocast_dtype, use_channels_last
 
 
 @dataclass

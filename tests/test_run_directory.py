@@ -14,12 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastbt.train import checkpoint, loop, rundir
-
 from fastbt import config, dist, runlog
 from fastbt.cli import main
-from fastbt.demo.data import make_demo_folder
 from fastbt.errors import RunDirError
+from fastbt.train import checkpoint, loop, rundir
 
 import distributed
 
@@ -202,13 +200,6 @@ def test_resuming_drops_the_log_records_past_the_resumed_step(tmp_path):
 
 class Crash(Exception):
     pass
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes")
-    make_demo_folder(root, per_class=8, size=40)  # 80 images, 5 steps per epoch at batch 16
-    return root
 
 
 def test_a_killed_and_resumed_run_logs_each_step_once(images, tmp_path, monkeypatch):
