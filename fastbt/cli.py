@@ -69,7 +69,7 @@ def _add_export(sub) -> None:
 
 def _convert(args: argparse.Namespace) -> int:
     from pipelines.convert import convert
-    from pipelines.options import Options
+    from pipelines.convert.options import Options
 
     options = Options(args.format, args.max_resolution, args.jpeg_quality, args.shard_size, args.limit,
                       args.max_unreadable, args.seed)
@@ -83,7 +83,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _add_convert(sub) -> None:
-    from pipelines import options as c  # standard library only; the work is imported by _convert
+    from pipelines.convert import options as c  # standard library only; the work is imported by _convert
 
     p = sub.add_parser("convert", help="convert an ImageNet-layout folder to FFCV or DALI format",
                        description="Convert SRC/<class>/<image> into the dataset folder OUT: FFCV "
@@ -92,7 +92,7 @@ def _add_convert(sub) -> None:
                                    "names. Rerun the same command to resume an interrupted conversion.")
     p.add_argument("src", help="ImageNet-layout folder: SRC/<class>/<image>")
     p.add_argument("out", help="dataset folder to create (built in OUT.partial, renamed when done)")
-    p.add_argument("--format", required=True, choices=c.FORMATS)
+    p.add_argument("--format", required=True, choices=c.formats())
     p.add_argument("--max-resolution", type=int, default=c.MAX_RESOLUTION, metavar="R",
                    help="resize so the longest side is at most R (default %(default)s)")
     p.add_argument("--jpeg-quality", type=int, default=c.JPEG_QUALITY, metavar="Q",
@@ -114,7 +114,7 @@ def _add_convert(sub) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> None:
-    from pipelines.verify import inspect
+    from pipelines.convert import inspect
 
     inspect(args.path, sample=args.sample)
 

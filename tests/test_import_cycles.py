@@ -1,10 +1,12 @@
-"""No module of `pipelines/` imports a module that imports it back, directly or through others.
+"""No module of `pipelines/` (its subpackages included) imports a module that imports it back,
+directly or through others.
 
 Read with plain `ast`, nothing imported: every `import` / `from ... import` statement counts,
 including those inside functions (a lazy import is still a dependency). `from pipelines import x`
-is an edge to `pipelines.x` when that is a module, else to the package (`pipelines/__init__.py`).
-Importing `pipelines.x` also runs the package's `__init__`; that implicit edge is not counted (a
-registry in `__init__` importing its backends lazily is the package's entry point, not a cycle).
+is an edge to `pipelines.x` when that is a module (or subpackage), else to the package
+(`pipelines/__init__.py`). Importing `pipelines.x` also runs the package's `__init__`; that implicit
+edge is not counted (`pipelines/__init__` importing its backend folders, which register themselves,
+is the package's entry point, not a cycle).
 """
 
 import ast
@@ -15,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 
 def module_name(path: Path) -> str:
-    return PACKAGE if path.name == "__init__.py" else f"{PACKAGE}.{path.stem}"
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def imports_of(path: Path, modules: set[str]) -> set[str]:
@@ -26,15 +29,17 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             module = node.module or ""
-            if node.level:  # relative: resolve against the package
-                module = ".".join(p for p in (PACKAGE, module) if p)
+            if node.level:  # relative: resolve against the importing module's package
+                here = module_name(path).split(".")
+                base = here[:len(here) - node.level + (path.name == "__init__.py")]
+                module = ".".join(base + ([module] if module else []))
             for alias in node.names:  # `from pkg import submodule`, else a name in `module`
                 found.add(f"{module}.{alias.name}" if f"{module}.{alias.name}" in modules else module)
     return (found & modules) - {module_name(path)}
 
 
 def import_graph() -> dict[str, set[str]]:
-    files = sorted(ROOT.glob("*.py"))
+    files = sorted(ROOT.rglob("*.py"))
     modules = {module_name(f) for f in files}
     return {module_name(f): imports_of(f, modules) for f in files}
 
@@ -62,8 +67,9 @@ def test_the_cycle_finder_finds_a_cycle_and_passes_a_tree():
 
 def test_the_graph_sees_lazy_and_from_imports():
     graph = import_graph()
-    assert "pipelines.dali_ops" in graph["pipelines.dali_data"]  # imported inside a method
-    assert "pipelines.manifest" in graph["pipelines.convert"]  # `from pipelines import manifest`
+    assert "pipelines.dali_backend.ops" in graph["pipelines.dali_backend.reader"]  # inside a method
+    assert "pipelines.convert.manifest" in graph["pipelines.convert.driver"]  # `from pipelines.convert import manifest`
+    assert "pipelines.backends" in graph["pipelines.ffcv_backend"]  # a package's __init__ is a node
 
 
 def test_no_module_of_pipelines_imports_a_module_that_imports_it_back():

@@ -9,7 +9,7 @@ import torch
 
 from fastbt import config, profile, verdict
 from fastbt.cli import main
-from pipelines.torchvision_data import TorchvisionCrops
+from pipelines.torchvision_backend.reader import TorchvisionCrops
 
 import distributed
 
