@@ -90,7 +90,7 @@ def _convert(args: argparse.Namespace) -> int:
 
     from fastbt import config
     from pipelines.convert import convert
-    from pipelines.options import Options
+    from pipelines.convert.options import Options
 
     flags = {key: getattr(args, key) for key in ("format", "max_resolution", "jpeg_quality", "shard_size",
                                                  "limit", "max_unreadable", "seed", "workers")}
@@ -107,7 +107,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _add_convert(sub) -> None:
-    from pipelines import options as c  # standard library only; the config's convert.* defaults
+    from pipelines.convert import options as c  # standard library only; the config's convert.* defaults
 
     p = sub.add_parser("convert", help="convert an ImageNet-layout folder to FFCV or DALI format",
                        description="Convert SRC/<class>/<image> into the dataset folder OUT: FFCV "
@@ -120,7 +120,7 @@ def _add_convert(sub) -> None:
     p.add_argument("out", help="dataset folder to create (built in OUT.partial, renamed when done)")
     p.add_argument("overrides", nargs="*", metavar="convert.key=value", help="override a config value")
     p.add_argument("--config", help="YAML config whose convert section to use (default: configs/base.yaml's)")
-    p.add_argument("--format", required=True, choices=c.FORMATS)
+    p.add_argument("--format", required=True, choices=c.formats())
     p.add_argument("--max-resolution", type=int, metavar="R",
                    help=f"resize so the longest side is at most R (default {c.MAX_RESOLUTION})")
     p.add_argument("--jpeg-quality", type=int, metavar="Q",
@@ -142,7 +142,7 @@ def _add_convert(sub) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> None:
-    from pipelines.verify import inspect
+    from pipelines.convert import inspect
 
     inspect(args.path, sample=args.sample)
 

@@ -69,7 +69,7 @@ def colour_datasets(tmp_path_factory):
 
     from make_images import make_image_folder
     from pipelines.convert import convert
-    from pipelines.options import Options
+    from pipelines.convert.options import Options
 
     root = tmp_path_factory.mktemp("colours")
     files = make_image_folder(root / "src", classes=COLOUR_CLASSES, per_class=COLOUR_PER_CLASS, size=(64, 48))
@@ -80,3 +80,36 @@ def colour_datasets(tmp_path_factory):
     colours = np.stack([np.asarray(Image.open(f).convert("RGB"), np.float64).mean((0, 1)) for f in files])
     labels = np.array([COLOUR_CLASSES.index(f.parent.name) for f in files])
     return paths, colours, labels
+
+
+@pytest.fixture(scope="session")
+def natural_source(tmp_path_factory):
+    """24 photo-like 160x120 JPEGs (make_images.natural_image) in 3 class folders: realistic sizes
+    for conversions that must fill a small disk."""
+    from make_images import make_image_folder
+
+    root = tmp_path_factory.mktemp("natural") / "train"
+    make_image_folder(root, classes=COLOUR_CLASSES, per_class=COLOUR_PER_CLASS, size=(160, 120), natural=True)
+    return root
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """mount(size): a tmpfs at tmp_path/"fs" (remounting changes its size); skips if not allowed."""
+    import subprocess
+
+    where = tmp_path / "fs"
+    where.mkdir()
+    mounted = []
+
+    def mount(size: str):
+        opts = f"remount,size={size}" if mounted else f"size={size}"
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], capture_output=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounted.append(size)
+        return where
+
+    yield mount
+    if mounted:
+        subprocess.run(["umount", "-l", str(where)], check=False)

@@ -23,8 +23,8 @@ from fastbt.train.model import build_backbone, build_model
 from pipelines.augment import AugSpec
 from pipelines.convert import convert
 from pipelines.errors import DataError
-from pipelines.options import Options
-from pipelines.shards import shuffled_order
+from pipelines.convert.options import Options
+from pipelines.convert.shards import shuffled_order
 
 # 32 px center crops of 40 px images; the whole set in one batch.
 EVAL = ["model.arch=resnet18", "eval.size=32", "eval.resize=32", "eval.batch_size=80",

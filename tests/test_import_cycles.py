@@ -88,6 +88,9 @@ def test_the_graph_sees_lazy_and_from_imports():
     assert "fastbt.train.checkpoint" in graph["fastbt.train.loop"]  # `from fastbt.train import checkpoint`
     assert "fastbt.config" in graph["fastbt.train.run"]  # `from fastbt import config`: a package
     assert "fastbt.train.ops.xcorr" in graph["fastbt.train.ops"]
+    assert "pipelines.dali_backend.ops" in graph["pipelines.dali_backend.reader"]  # inside a method
+    assert "pipelines.convert.manifest" in graph["pipelines.convert.driver"]  # `from pipelines.convert import manifest`
+    assert "pipelines.backends" in graph["pipelines.ffcv_backend"]  # a package's __init__ is a node
 
 
 def test_no_module_imports_a_module_that_imports_it_back():

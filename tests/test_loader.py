@@ -28,14 +28,14 @@ def _decodes(backend: str):
     """(owner, name, replacement, counter): patch owner.name, the function through which `backend`
     reads each sample it decodes, with `replacement`, which counts the samples in `counter`."""
     if backend == "ffcv":
-        import pipelines.ffcv_ops as ops
+        import pipelines.ffcv_backend.ops as ops
         counter = Counter(ops.imdecode)
         return ops, "imdecode", counter, counter
     if backend == "dali":
-        import pipelines.dali_data as dali
+        import pipelines.dali_backend.reader as dali
         counter = Counter(dali.ShardReader.read, count=lambda args: len(args[1]))
         return dali.ShardReader, "read", lambda self, indices: counter(self, indices), counter  # a method
-    import pipelines.torchvision_data as tv
+    import pipelines.torchvision_backend.reader as tv
     counter = Counter(tv._read)
     return tv, "_read", counter, counter
 

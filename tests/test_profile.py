@@ -9,8 +9,8 @@ import torch
 
 from fastbt import config
 from fastbt.cli import main
-from fastbt.profiling import windows, verdict
-from pipelines.torchvision_data import TorchvisionCrops
+from fastbt.profiling import verdict, windows
+from pipelines.torchvision_backend.reader import TorchvisionCrops
 
 import distributed
 

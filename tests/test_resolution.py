@@ -8,14 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+import pipelines
 from fastbt import config
 from fastbt.train.model import build_model
 from fastbt.train.step import TrainStep
-import pipelines
-from make_images import make_image_folder
 from pipelines.augment import AugSpec
-from pipelines.convert import convert
-from pipelines.options import Options
 from pipelines.resolution import Resolution, size_at, sizes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,14 +71,8 @@ RAMP = Resolution(start=16, ramp_start_epoch=0, ramp_end_epoch=2, multiple=8)  #
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("resolution")
-    make_image_folder(root / "src", classes=("a", "b"), per_class=6, size=(64, 48))
-    paths = {"torchvision": str(root / "src")}
-    for fmt in ("ffcv", "dali"):
-        convert(root / "src", root / fmt, Options(fmt, shard_size=5), workers=2, progress=False)
-        paths[fmt] = str(root / fmt)
-    return paths
+def data(colour_datasets):
+    return colour_datasets[0]  # {backend: path}
 
 
 @pytest.mark.parametrize("backend", ["torchvision", "ffcv", "dali"])
@@ -89,7 +80,7 @@ def test_every_backend_crops_at_the_epochs_size_and_replays_an_epoch(backend, da
     if backend == "dali":
         pytest.importorskip("nvidia.dali")
     aug = AugSpec(size=32, resolution=RAMP)
-    crops = pipelines.resolve(pipelines.backend(backend).crops)(
+    crops = pipelines.backend(backend).crops(
         data[backend], aug=aug, batch_size=4, device="cpu", rank=0, world_size=1, seed=0, workers=2)
 
     def epoch(e):

@@ -14,7 +14,7 @@ from make_images import make_image_folder
 from mixing import class_sorted_shards, expected_distinct, mean_distinct, streamed_label_batches
 from pipelines.augment import AugSpec
 from pipelines.convert import convert
-from pipelines.options import Options
+from pipelines.convert.options import Options
 
 CLASSES, PER_CLASS, BATCH = 20, 24, 24
 BUFFER = 3 * PER_CLASS  # the stock reader's initial_fill: three shards, as 4096 is to ImageNet's 1000
@@ -63,7 +63,7 @@ def test_loader_batches_mix_classes_like_uniformly_random_batches(backend, datas
 
 
 def test_a_streaming_reader_mixes_shuffled_shards_but_not_class_sorted_ones(datasets):
-    from pipelines.manifest import load
+    from pipelines.convert.manifest import load
 
     shuffled, sorted_ = load(datasets["dali"]), load(datasets["sorted"])
     for epoch in (0, 3):

@@ -13,7 +13,7 @@ from typing import Annotated, Literal, Optional
 
 from fastbt.config.values import OneOf
 from fastbt.errors import ConfigError
-from pipelines import options as convert_options
+from pipelines.convert import options as convert_options
 from pipelines.augment import AugSpec
 
 @dataclass(frozen=True)
@@ -126,10 +126,10 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class ConvertConfig:
-    """`fastbt convert`: how an image folder becomes a dataset (pipelines.options.Options; the
+    """`fastbt convert`: how an image folder becomes a dataset (pipelines.convert.options.Options; the
     values were chosen with scripts/bench_convert.py, see docs/measurements.md)."""
 
-    format: Annotated[str, OneOf("pipelines.options:FORMATS")] = "ffcv"  # what a converted dataset is
+    format: Annotated[str, OneOf("pipelines.backends:formats")] = "ffcv"  # what a converted dataset is
     max_resolution: int = convert_options.MAX_RESOLUTION  # the longest side, at most
     jpeg_quality: int = convert_options.JPEG_QUALITY
     shard_size: int = convert_options.SHARD_SIZE  # images per shard: the unit of parallelism and resume

@@ -24,15 +24,16 @@ from fastbt.errors import ConfigError
 
 @dataclass(frozen=True)
 class OneOf:
-    """Marks a str key whose valid values are the names in a registry, "module:NAME" (a dict or a
-    tuple), read when a config is checked: a name registered at run time is accepted too, and
-    checking a config imports no heavy module until it has such a key to check."""
+    """Marks a str key whose valid values are the names in a registry, "module:NAME" (a dict, a
+    tuple, or a function returning one), read when a config is checked: a name registered at run
+    time is accepted too, and checking a config imports no heavy module until it has such a key."""
 
     registry: str
 
     def names(self) -> tuple[str, ...]:
         module, _, attr = self.registry.partition(":")
-        return tuple(getattr(importlib.import_module(module), attr))
+        names = getattr(importlib.import_module(module), attr)
+        return tuple(names() if callable(names) else names)
 
 
 def build(cls: type, tree: dict[str, Any], prefix: str) -> Any:

@@ -77,7 +77,7 @@ def generate_data(data: Path) -> None:
 def convert_train(data: Path) -> Path:
     """data/train_ffcv: the train split as an FFCV dataset (`fastbt convert`)."""
     from pipelines.convert import convert
-    from pipelines.options import Options
+    from pipelines.convert.options import Options
 
     beton = data / "train_ffcv"
     if not beton.exists():

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pipelines
-from pipelines import manifest
+from pipelines.convert import manifest
 from pipelines.augment import AugSpec, ViewSpec
 from pipelines.errors import DataError
-from pipelines.source import scan
+from pipelines.convert.source import scan
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from pipelines.backends import BACKENDS
+from pipelines.backends import formats
 from pipelines.errors import DataError
-
-FORMATS = tuple(name for name, backend in BACKENDS.items() if backend.converted)  # ffcv, dali
 
 # R and Q: chosen from `scripts/bench_convert.py` (README, "Converting a dataset"). At R=320 an
 # average RandomResizedCrop(224) crop is within ~15% of native resolution (at 256 it is enlarged
@@ -21,7 +19,7 @@ MAX_RESOLUTION = 320
 JPEG_QUALITY = 90
 SHARD_SIZE = 1000  # ~40 MB shards at the defaults; also the unit of parallel work and of resume
 MAX_UNREADABLE = 0.01  # the fraction of image files that may fail to decode before the run fails
-SEED = 0  # of the shuffle that assigns samples to shards (pipelines.shards.shard_jobs)
+SEED = 0  # of the shuffle that assigns samples to shards (pipelines.convert.shards.shard_jobs)
 
 
 @dataclass(frozen=True)
@@ -35,8 +33,8 @@ class Options:
     seed: int = SEED
 
     def check(self) -> None:
-        if self.format not in FORMATS:
-            raise DataError(f"format {self.format!r}: expected one of {', '.join(FORMATS)}")
+        if self.format not in formats():
+            raise DataError(f"format {self.format!r}: expected one of {', '.join(formats())}")
         for name, lo, hi in (("max_resolution", 16, 65535), ("jpeg_quality", 1, 100),
                              ("shard_size", 1, None), ("limit", 1, None), ("max_unreadable", 0, 1),
                              ("seed", 0, None)):

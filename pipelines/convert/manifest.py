@@ -4,7 +4,7 @@ It says what the folder holds (format, options, the class-name -> label map, ima
 the data files with their sizes and sample counts, the skipped source files and why) and which
 fastbt made it. Readers call `load(path)`: it validates the manifest and checks that the data files
 it lists are there with the right sizes, and raises DataError naming the file, key or value that is
-wrong. `pipelines.verify` goes further and decodes the samples.
+wrong. `pipelines.convert.verify` goes further and decodes the samples.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pipelines.backends import backend, formats
 from pipelines.errors import DataError
-from pipelines.options import FORMATS
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
@@ -119,7 +119,7 @@ def read(path: str | os.PathLike) -> Manifest:
                f"is {d.get(MARKER_KEY)!r}; a fastbt dataset manifest says {MARKER!r}")
     check.that(d.get("schema") == SCHEMA_VERSION, "schema",
                f"is {d.get('schema')!r}; this fastbt reads schema {SCHEMA_VERSION}")
-    check.that(d.get("format") in FORMATS, "format", f"is {d.get('format')!r}, expected one of {FORMATS}")
+    check.that(d.get("format") in formats(), "format", f"is {d.get('format')!r}, expected one of {formats()}")
     classes = check.mapping(d, "classes", int)
     check.that(sorted(classes.values()) == list(range(len(classes))), "classes",
                "labels are not 0..C-1, one per class")
@@ -131,8 +131,8 @@ def read(path: str | os.PathLike) -> Manifest:
     files = tuple(_data_file(check, i, f) for i, f in enumerate(check.typed(d, "files", list)))
     check.that(sum(f.samples for f in files) == num_images, "files",
                f"hold {sum(f.samples for f in files)} samples, num_images is {num_images}")
-    check.that(d["format"] != "ffcv" or len(files) == 1, "files", "an ffcv dataset has one .beton")
-    check.that(d["format"] != "dali" or all(f.index for f in files), "files", "a dali shard lacks its index")
+    problem = backend(d["format"]).writer.check_files(files)  # what the format's own files must be
+    check.that(problem is None, "files", problem)
     skipped = tuple(check.typed(d, "skipped", list))
     check.that(all(isinstance(s, dict) and {"path", "reason", "kind"} <= s.keys() for s in skipped),
                "skipped", "has an entry without path, reason and kind")

@@ -1,40 +1,27 @@
-"""FFCV data: a .beton with fields `image` (RGBImageField, JPEG) and `label` (IntField). The writer
-comes first; the FFCV two-view loader that reads the .beton goes below it (its FFCV operations
-are in `ffcv_ops`).
-
-The .beton is packed from webdataset shards the converter has just written (`pipelines.shards`),
-in their order (a seeded shuffle of the source), so FFCV and DALI datasets made with the same
-options hold byte-identical JPEGs in the same order, and an image is decoded and encoded once.
-FFCV's writer must know the number of samples before it starts, which is only known after every
-file has been tried; packing afterwards also gives FFCV conversions the shards' resume. `ffcv` is
-imported inside the functions (the import alone takes seconds), each under `torch_threads_kept`
-(importing ffcv changes torch's thread count: `pipelines.ffcv_threads`).
+"""The FFCV backend's writer half: a .beton with fields `image` (RGBImageField, JPEG) and `label`
+(IntField), packed from the webdataset shards the converter has just written
+(`pipelines.convert.shards`), in their order (a seeded shuffle of the source), so FFCV and DALI
+datasets made with the same options hold byte-identical JPEGs in the same order, and an image is
+decoded and encoded once. FFCV's writer must know the number of samples before it starts, which is
+only known after every file has been tried; packing afterwards also gives FFCV conversions the
+shards' resume. Also the .beton read without a Loader (`fastbt inspect`). `ffcv` is imported inside
+the functions (the import alone takes seconds), each under `torch_threads_kept` (importing ffcv
+changes torch's thread count: `pipelines.ffcv_backend.threads`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import queue
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-from pipelines import manifest
+from pipelines.convert.shards import shard_samples
 from pipelines.errors import DISK_FULL, DataError, NoSpace
-from pipelines.ffcv_threads import torch_threads_kept
-from pipelines.shards import shard_samples
-
-if TYPE_CHECKING:  # torch and pipelines.loader are imported where used: `convert` needs neither
-    import torch
-
-    from pipelines.augment import AugSpec
-    from pipelines.loader import NormalizedBatches
+from pipelines.ffcv_backend.threads import torch_threads_kept
 
 BETON_NAME = "data.beton"
 IMAGE_FIELD, LABEL_FIELD = "image", "label"  # batches come out in this order
@@ -81,14 +68,14 @@ def _store_encoded_jpeg(destination, value, malloc) -> None:
 def write_beton(path: Path, shards: list[Path], workers: int, progress: bool = True) -> int:
     """Pack the shards' JPEGs and labels into a .beton at `path` (via `path.tmp`, renamed when
     complete) with FFCV's own DatasetWriter, watched so that a failing writer process ends the
-    call within a second instead of hanging (`ffcv_writer`). Returns the number of samples.
+    call within a second instead of hanging (`pipelines.ffcv_backend.writer`). Returns the number of samples.
 
     Raises NoSpace, before writing, when the free space is below what the .beton may take, or
     when the disk fills anyway; DataError when a writer process fails otherwise. The .tmp file
     is removed on any failure."""
     from ffcv.fields import IntField, RGBImageField
 
-    from pipelines.ffcv_writer import WatchedWriter, WriterFailed
+    from pipelines.ffcv_backend.writer import WatchedWriter, WriterFailed
 
     data = _ShardJpegs(shards)
     image = RGBImageField(write_mode="jpg")
@@ -195,159 +182,3 @@ def beton_contents(path: Path):
     return np.asarray(labels), np.asarray(image["width"]), np.asarray(image["height"]), jpeg
 
 
-# ---- the two-view loader (its FFCV operations are in pipelines.ffcv_ops) ---------------------
-
-def _dataset(path) -> tuple[manifest.Manifest, str]:
-    m = manifest.load(path, format="ffcv")
-    beton = m.data_paths()[0]
-    try:
-        check_header(beton)
-    except ValueError as err:
-        raise DataError(str(err)) from None
-    return m, str(beton)
-
-
-def _largest_sample(beton: str) -> int:
-    from ffcv.reader import Reader
-
-    return int(Reader(beton).alloc_table["size"].max())
-
-
-def _threads(workers: int) -> int:
-    """ffcv's Loader passes its worker count to numba.set_num_threads, which refuses more than
-    NUMBA_NUM_THREADS (the core count, by default)."""
-    import numba
-
-    return max(1, min(workers, numba.config.NUMBA_NUM_THREADS))
-
-
-def _to_tensor(device: torch.device, *ops) -> list:
-    """What ends a pipeline: a tensor, on a GPU moved there by FFCV's ToDevice (from pinned memory,
-    on its own CUDA streams)."""
-    from ffcv.transforms import ToDevice, ToTensor
-
-    return [ToTensor(), *ops] + ([ToDevice(device, non_blocking=True)] if device.type == "cuda" else [])
-
-
-def _owned(t: torch.Tensor) -> torch.Tensor:
-    """A contiguous copy of an FFCV output, which FFCV overwrites a few batches later (on the CPU
-    and on the GPU). On the CPU with numpy: a torch copy wakes torch's OpenMP threads, whose
-    spinning afterwards takes the cores from FFCV's threads (measured: +40% CPU time per pair)."""
-    import torch
-
-    return t.clone(memory_format=torch.contiguous_format) if t.is_cuda else torch.from_numpy(np.array(t.numpy()))
-
-
-def _nchw(images: torch.Tensor) -> torch.Tensor:
-    return _owned(images).permute(0, 3, 1, 2)  # (N, H, W, C) -> NCHW, channels-last
-
-
-class _Batches:
-    """An ffcv Loader's epochs, keeping the caller's torch threads and stopping an epoch left
-    unfinished. Batches are FFCV's own buffers: take copies."""
-
-    def __init__(self, loader):
-        self.loader = loader
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        with torch_threads_kept():
-            batches = iter(self.loader)
-        try:
-            yield from batches
-        finally:  # stop FFCV's thread before another epoch starts one
-            batches.close()
-            while batches.is_alive():  # it may be waiting to hand over a batch (ffcv 1.0.2's queue)
-                with contextlib.suppress(queue.Empty):
-                    batches.output_queue.get(timeout=0.1)
-
-
-class FFCVCrops:
-    """Crop source over a .beton (see pipelines.loader.CropSource): one decode, two crops."""
-
-    @torch_threads_kept()
-    def __init__(self, path, aug: AugSpec, batch_size: int, device, rank: int, world_size: int,
-                 seed: int, workers: int):
-        from ffcv.fields.basics import IntDecoder
-        from ffcv.loader import Loader
-        from ffcv.pipeline import PipelineSpec
-        from ffcv.transforms import Squeeze
-        import torch
-
-        from pipelines.ffcv_ops import EpochOrder, JpegBytes, TwoCrops
-
-        m, beton = _dataset(path)
-        self.dataset_size, self.num_classes = m.num_images, len(m.classes)
-        self.beton, self.aug, self.epoch, self.skip = beton, aug, 0, 0
-        device = torch.device(device)
-        workers = _threads(workers)
-        self.crops = TwoCrops(aug, seed, ThreadPoolExecutor(workers, thread_name_prefix="ffcv-crops"), workers)
-        self.order = EpochOrder(rank, world_size, seed)
-        self.loader = Loader(beton, batch_size=batch_size, num_workers=workers,
-                             order=self.order, seed=seed, drop_last=True, pipelines={
-            IMAGE_FIELD: PipelineSpec(IMAGE_FIELD, JpegBytes(_largest_sample(beton)),
-                                      [self.crops, *_to_tensor(device)]),
-            LABEL_FIELD: [IntDecoder(), *_to_tensor(device, Squeeze(1))]})
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        self.epoch, self.skip = epoch, skip
-
-    def __iter__(self):
-        self.crops.epoch, self.order.skip = self.epoch, self.skip  # skipped batches: not in the order
-        size = self.aug.size_at(self.epoch)
-        if size != self.crops.size:  # the crop's shape is part of FFCV's generated pipeline
-            self.crops.size = size
-            self.loader.generate_code()
-        self.loader.next_epoch = self.epoch  # ffcv counts epochs itself; make it follow set_epoch
-        for pairs, labels in _Batches(self.loader):  # pairs: (N, 2, H, W, C)
-            if self.crops.undecodable:  # set before FFCV queued this batch
-                raise DataError(f"{self.beton}: sample {self.crops.undecodable[0]}: the stored JPEG does not "
-                                "decode (corrupt .beton?); `fastbt inspect` lists every bad sample")
-            yield _nchw(pairs[:, 0]), _nchw(pairs[:, 1]), _owned(labels)
-
-
-def ffcv_crops(path: str, *, aug: AugSpec, batch_size: int, device, rank: int = 0, world_size: int = 1,
-               seed: int = 0, workers: int) -> FFCVCrops:
-    return FFCVCrops(path, aug, batch_size, device, rank, world_size, seed, workers)
-
-
-class _CenterCrops:
-    def __init__(self, loader):
-        self.batches = _Batches(loader)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __iter__(self):
-        for images, labels in self.batches:
-            yield _nchw(images), _owned(labels)
-
-
-@torch_threads_kept()
-def ffcv_center_crops(path: str, *, size: int, resize: int, mean, std, batch_size: int, device,
-                      rank: int = 0, world_size: int = 1, workers: int) -> NormalizedBatches:
-    """Evaluation batches (see pipelines.build_eval_loader). FFCV's center-crop decoder keeps the
-    central square of side short side x size / resize, what Resize(resize) + CenterCrop(size)
-    keep, and resizes it with OpenCV's INTER_AREA."""
-    from ffcv.fields.basics import IntDecoder
-    from ffcv.fields.decoders import CenterCropRGBImageDecoder
-    from ffcv.loader import Loader, OrderOption
-    from ffcv.transforms import Squeeze
-    import torch
-
-    from pipelines.loader import NormalizedBatches
-    from pipelines.order import rank_range
-
-    m, beton = _dataset(path)
-    device = torch.device(device)
-    share = rank_range(m.num_images, rank, world_size)
-    loader = Loader(beton, batch_size=batch_size, num_workers=_threads(workers), order=OrderOption.SEQUENTIAL,
-                    indices=np.arange(share.start, share.stop), drop_last=False, pipelines={
-        IMAGE_FIELD: [CenterCropRGBImageDecoder((size, size), size / resize), *_to_tensor(device)],
-        LABEL_FIELD: [IntDecoder(), *_to_tensor(device, Squeeze(1))]})
-    return NormalizedBatches(_CenterCrops(loader), mean, std)

@@ -1,5 +1,7 @@
 """`inspect`: a converted dataset's manifest summary, and a check that its files hold what it says.
 
+The format's own checks (its files' structure, each image) are its backend's `verify`
+(`Writer.verify` in the registry); this module runs them and checks what every format shares.
 Checks, in order: the manifest is valid; every data file it lists is there with the listed size;
 each file parses (tar + DALI index / .beton structure) with the listed number of samples; every
 label is in 0..C-1 and the per-class counts match; every image (or `sample` of them, chosen at
@@ -10,15 +12,13 @@ from __future__ import annotations
 
 import io
 import os
-import tarfile
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from pipelines import dali_data, ffcv_data, manifest, shards
-from pipelines.backends import backend, resolve
+from pipelines.backends import backend
+from pipelines.convert import manifest
 from pipelines.errors import DataError
 
 
@@ -45,7 +45,7 @@ def inspect(path: str | os.PathLike, sample: int | None = None, log=print) -> ma
     broken = manifest.check_files(m)  # {path: problem}; those files are not read further
     problems = list(broken.values())
     chosen = _choose(m.num_images, sample)
-    verify = resolve(backend(m.format).verify)  # verify_ffcv, verify_dali, ...
+    verify = backend(m.format).writer.verify  # the format's own deep check (its backend folder)
     labels, problems_in_files, decoded = verify(m, chosen, skip=broken)
     problems += problems_in_files
     if not problems:  # counts can only add up when every file was read
@@ -67,7 +67,7 @@ def _choose(n: int, sample: int | None) -> set[int] | None:
     return set(np.random.default_rng(0).choice(n, size=sample, replace=False).tolist())
 
 
-def _check_image(where: str, data: bytes, max_side: int, size: tuple[int, int] | None = None) -> str | None:
+def check_image(where: str, data: bytes, max_side: int, size: tuple[int, int] | None = None) -> str | None:
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
@@ -91,57 +91,3 @@ def _check_labels(m: manifest.Manifest, labels: list[int]) -> list[str]:
     wrong = [name for name, i in m.classes.items() if found[i] != m.images_per_class[name]]
     return [f"class {name!r}: {found[m.classes[name]]} images, manifest says {m.images_per_class[name]}"
             for name in wrong[:5]]
-
-
-def verify_dali(m: manifest.Manifest, chosen: set[int] | None, skip: dict[Path, str]):
-    labels, problems, decoded, position = [], [], 0, 0
-    max_side = m.options["max_resolution"]
-    for f in m.files:
-        tar, idx = m.folder / f.path, m.folder / f.index
-        if tar in skip or idx in skip:
-            position += f.samples
-            continue
-        try:
-            samples, index = shards.shard_samples(tar), dali_data.read_index(idx)
-        except (tarfile.TarError, ValueError, IndexError, OSError) as err:
-            problems.append(f"{tar}: cannot be read ({err})")
-            position += f.samples
-            continue
-        if len(samples) != f.samples:
-            problems.append(f"{tar}: {len(samples)} samples, manifest says {f.samples}")
-        if [e.get(shards.IMAGE_EXT) for e in index] != [(s.offset, s.size) for s in samples]:
-            problems.append(f"{idx}: does not match the members of {tar.name}")
-        with open(tar, "rb") as fh:
-            for s in samples:
-                labels.append(s.label)
-                if chosen is None or position in chosen:
-                    data = os.pread(fh.fileno(), s.size, s.offset)
-                    problem = _check_image(f"{tar}:{s.key}.{shards.IMAGE_EXT}", data, max_side)
-                    problems += [problem] if problem else []
-                    decoded += 1
-                position += 1
-    return labels, problems, decoded
-
-
-def verify_ffcv(m: manifest.Manifest, chosen: set[int] | None, skip: dict[Path, str]):
-    beton = m.data_paths()[0]
-    if beton in skip:
-        return [], [], 0
-    try:
-        labels, widths, heights, jpeg = ffcv_data.beton_contents(beton)
-    except (ValueError, AssertionError, OSError) as err:
-        return [], [f"{beton}: cannot be read ({err})"], 0
-    problems = []
-    if len(labels) != m.num_images:
-        problems.append(f"{beton}: {len(labels)} samples, manifest says {m.num_images}")
-    positions = range(len(labels)) if chosen is None else sorted(i for i in chosen if i < len(labels))
-    for i in positions:
-        where = f"{beton}: sample {i}"
-        try:
-            data = jpeg(i)
-        except ValueError as err:
-            problems.append(str(err))
-            continue
-        problem = _check_image(where, data, m.options["max_resolution"], (int(widths[i]), int(heights[i])))
-        problems += [problem] if problem else []
-    return labels.tolist(), problems, len(positions)

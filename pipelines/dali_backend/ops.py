@@ -1,10 +1,10 @@
-"""DALI graphs for the loaders in `dali_data` (this module imports DALI and torch: import it only to
+"""DALI graphs for the loaders in `pipelines.dali_backend.reader` (this module imports DALI and torch: import it only to
 build a loader).
 
 Two views: the JPEG is decoded once (nvJPEG with device="mixed" on a GPU, libjpeg-turbo on the
 CPU) and resized twice, each time from its own region of interest (the random-resized-crop box,
 mirrored when the view is flipped). Samples and boxes come from a Python external source
-(`dali_data.EpochFeed`), so the pipeline is built once per loader and every epoch's order and
+(`reader.EpochFeed`), so the pipeline is built once per loader and every epoch's order and
 crops are a pure function of (seed, epoch): no DALI random op, whose state would carry over from
 one epoch to the next. Outputs reach torch through DALIGenericIterator: on a GPU, device memory
 handed over without a host copy.
@@ -16,7 +16,7 @@ import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-from pipelines.shards import IMAGE_EXT, LABEL_EXT
+from pipelines.convert.shards import IMAGE_EXT, LABEL_EXT
 
 DALI_INTERPOLATION = {"bicubic": types.INTERP_CUBIC, "bilinear": types.INTERP_LINEAR}
 # nvJPEG's buffers, sized up front as NVIDIA's DALI ImageNet training example does (its
@@ -72,7 +72,7 @@ def _nchw(images: torch.Tensor) -> torch.Tensor:
 
 
 class TwoViewBatches:
-    """One two-view pipeline over `feed` (a dali_data.EpochFeed), built once; `epoch(order, e)`
+    """One two-view pipeline over `feed` (a reader.EpochFeed), built once; `epoch(order, e)`
     runs it over the samples `order` and yields (crops1, crops2, labels) batches."""
 
     def __init__(self, feed, aug, batch_size: int, device: torch.device, seed: int, workers: int):

@@ -1,4 +1,4 @@
-"""FFCV pipeline pieces for the two-view loader in `ffcv_data` (this module imports ffcv, which
+"""FFCV pipeline pieces for the two-view loader in `reader` (this module imports ffcv, which
 takes seconds: import it only to build a loader).
 
 Decode once, crop twice: the field's decoder `JpegBytes` only copies each sample's JPEG out of the

@@ -8,8 +8,8 @@ shards give class-clustered batches to any reader that streams them: DALI's webd
 shuffles only inside a buffer of a few thousand samples). The same source and seed give the same
 shards, whenever and wherever they are written.
 
-The DALI format adds an index per shard (`dali_data`); the FFCV format packs the shards into a
-.beton (`ffcv_data`). Shards are written under a temporary name; the converter renames them when
+The DALI format adds an index per shard (`pipelines.dali_backend.index`); the FFCV format packs the
+shards into a .beton (`pipelines.ffcv_backend.beton`). Shards are written under a temporary name; the converter renames them when
 they are complete (`commit_shard`).
 """
 
@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from pipelines.crop_params import uniforms
-from pipelines.source import UnreadableImage, read_rgb
+from pipelines.convert.source import UnreadableImage, read_rgb
 
 IMAGE_EXT, LABEL_EXT = "jpg", "cls"
 TMP = ".tmp"  # suffix of a file still being written

@@ -1,20 +1,15 @@
-"""The reference backend: an image folder read with PIL in DataLoader workers.
+"""The reference backend's reader: an image folder read with PIL in DataLoader workers.
 
-Two things live here:
-- `torchvision_crops`: a crop source like the FFCV and DALI ones (random-resized-crop + flip of
-  both views in PIL, uint8 to the device), so all three backends share the batched augmentation;
-- `official_transform`: the official Barlow Twins two-view transform, everything in PIL per image
-  (facebookresearch/barlowtwins main.py), the baseline the fast pipelines are measured against.
+`torchvision_crops`: a crop source like the FFCV and DALI ones (random-resized-crop + flip of both
+views in PIL, uint8 to the device), so all three backends share the batched augmentation; and
+`center_crop_loader`, the evaluation crops. (The official per-image transform: `official`.)
 """
 
 from __future__ import annotations
 
-import math
-import random
 from pathlib import Path
 
 import torch
-from PIL import ImageFilter, ImageOps
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
@@ -22,7 +17,7 @@ from torchvision.transforms.v2 import functional as TF
 from pipelines.augment import AugSpec, ViewSpec
 from pipelines.errors import DataError
 from pipelines.order import batch_seed, epoch_order, rank_range
-from pipelines.source import UnreadableImage, printable, read_rgb, scan
+from pipelines.convert.source import UnreadableImage, printable, read_rgb, scan
 
 _INTERPOLATION = {"bicubic": v2.InterpolationMode.BICUBIC, "bilinear": v2.InterpolationMode.BILINEAR}
 
@@ -149,43 +144,6 @@ def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 def torchvision_crops(path: str, *, aug: AugSpec, batch_size: int, device, rank: int = 0,
                       world_size: int = 1, seed: int = 0, workers: int) -> TorchvisionCrops:
     return TorchvisionCrops(path, aug, batch_size, device, rank, world_size, seed, workers)
-
-
-# ---- the official transform (baseline) ---------------------------------------------------------
-
-class _PILGaussianBlur:
-    """The official blur: PIL's GaussianBlur with radius (sigma) ~ U(lo, hi), applied with p."""
-
-    def __init__(self, p: float, sigma: tuple[float, float]):
-        self.p, self.sigma = p, sigma
-
-    def __call__(self, img):
-        if random.random() < self.p:
-            return img.filter(ImageFilter.GaussianBlur(random.uniform(*self.sigma)))
-        return img
-
-
-class _PILSolarize:
-    def __init__(self, p: float, threshold: float):
-        self.p, self.threshold = p, math.ceil(threshold * 255)  # uint8 v >= 255 t  <=>  v >= ceil(255 t)
-
-    def __call__(self, img):
-        return ImageOps.solarize(img, self.threshold) if random.random() < self.p else img
-
-
-def official_transform(view: ViewSpec, aug: AugSpec) -> v2.Compose:
-    """One view of the official per-image PIL transform: PIL image in, normalized float CHW out."""
-    return v2.Compose([
-        crop_and_flip(view, aug.size, aug.interpolation),
-        v2.RandomApply([v2.ColorJitter(view.brightness, view.contrast, view.saturation, view.hue)],
-                       p=view.jitter_p),
-        v2.RandomGrayscale(view.gray_p),
-        _PILGaussianBlur(view.blur_p, view.blur_sigma),
-        _PILSolarize(view.solarize_p, view.solarize_threshold),
-        v2.PILToTensor(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(aug.mean, aug.std),
-    ])
 
 
 # ---- evaluation: one center crop per image ---------------------------------------------------

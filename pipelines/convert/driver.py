@@ -18,29 +18,24 @@ creates with a unique name, and only that folder is removed.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import json
-import multiprocessing
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-from tqdm import tqdm
-
-from pipelines import dali_data, ffcv_data, manifest, shards
+from pipelines.backends import Writer, backend
+from pipelines.convert import journal, manifest, pool, shards
+from pipelines.convert.journal import JOURNAL_NAME
+from pipelines.convert.options import Options
+from pipelines.convert.shards import ShardResult
+from pipelines.convert.source import Source, printable, scan
 from pipelines.errors import DISK_FULL, DataError, NoSpace
-from pipelines.shards import ShardJob, ShardResult
-from pipelines.options import Options
-from pipelines.source import Source, printable, scan
 
-JOURNAL_NAME = "journal.jsonl"
-SPOOL_NAME = "shards"  # FFCV only: where the shards wait to be packed
+SPOOL_NAME = "shards"  # a spooled format's shards wait here to be packed (FFCV)
 UNREADABLE_LIST = "unreadable.txt"  # written into OUT.partial when too many files are unreadable
 SHOW_UNREADABLE = 20  # how many unreadable files a failing run prints (all go to the list)
 
@@ -63,15 +58,16 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, options: Options, *,
     start = time.perf_counter()
 
     source = scan(src, options.limit)
-    shard_dir = partial / SPOOL_NAME if options.format == "ffcv" else partial
+    writer = backend(options.format).writer
+    shard_dir = partial / SPOOL_NAME if writer.spooled else partial
     try:
-        kept, n_todo = _build(source, partial, shard_dir, options, workers, overwrite, progress, log)
+        kept, n_todo = _build(source, partial, shard_dir, options, writer, workers, overwrite, progress, log)
     except OSError as err:
         if err.errno not in DISK_FULL:
             raise
         for leftover in shard_dir.glob("*.tmp"):  # shards cut short: free their space now
             leftover.unlink(missing_ok=True)
-        raise NoSpace(err.filename or partial, _space_missing(source, options, partial),
+        raise NoSpace(err.filename or partial, _space_missing(source, writer, partial),
                       os.strerror(err.errno)) from None
     _check_destination(src, out, partial, overwrite)  # again: OUT may have changed meanwhile
     _move_into_place(partial, out)
@@ -82,35 +78,28 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, options: Options, *,
         log(f"note: {len(empty)} class folder(s) without a readable image keep their label: "
             f"{', '.join(empty[:5])}")
     seconds = time.perf_counter() - start
-    what = f"{len(m.files)} shards" if options.format == "dali" else m.files[0].path
+    what = m.files[0].path if len(m.files) == 1 and not m.files[0].index else f"{len(m.files)} shards"
     log(f"converted {m.num_images} of {len(source.samples)} image files ({m.count('unreadable')} unreadable, "
         f"{m.count('ignored')} other files ignored) in {seconds:.1f} s ({n_todo / seconds:.0f} files/s"
         f"{', resumed' if kept else ''}) -> {printable(out)}: {what}, {sum(f.bytes for f in m.files) / 1e6:.1f} MB")
     return m
 
 
-def _build(source: Source, partial: Path, shard_dir: Path, options: Options, workers: int,
+def _build(source: Source, partial: Path, shard_dir: Path, options: Options, writer: Writer, workers: int,
            overwrite: bool, progress: bool, log) -> tuple[dict, int]:
     """Write the whole dataset into `partial`: returns the shards resumed and the files read."""
     plan = {"source": str(source.root), **options.plan(), "fingerprint": _fingerprint(source)}
-    kept = _open_partial(partial, shard_dir, plan, options.format, overwrite, log)
+    kept = journal.open_partial(partial, shard_dir, plan, writer, overwrite, log)
     jobs = shards.shard_jobs(source.samples, options.shard_size, options.seed)
     todo = [job for job in jobs if job.index not in kept]
     n_todo = sum(len(job.items) for job in todo)
-    results = list(kept.values()) + _write_shards(
+    results = list(kept.values()) + pool.write_shards(
         todo, source, shard_dir, options, workers, partial / JOURNAL_NAME,
         done=len(source.samples) - n_todo, progress=progress)
     results.sort(key=lambda r: r.index)
     _check_unreadable(source, results, options.max_unreadable, partial)
 
-    if options.format == "ffcv":
-        tars = [shard_dir / r.tar for r in results if r.samples]
-        beton = partial / ffcv_data.BETON_NAME
-        n = ffcv_data.write_beton(beton, tars, workers, progress)
-        files = [manifest.DataFile(beton.name, beton.stat().st_size, n)]
-    else:
-        files = [manifest.DataFile(r.tar, r.bytes, r.samples, dali_data.index_name(r))
-                 for r in results if r.samples]
+    files = writer.pack(partial, shard_dir, results, workers, progress)  # the format's data files
     manifest.write(partial, _manifest(source, options, results, files))
     return kept, n_todo
 
@@ -141,157 +130,12 @@ def _fingerprint(source: Source) -> str:
     return h.hexdigest()[:16]
 
 
-# ---- the unfinished conversion: OUT.partial and its journal ----------------------------------
-
-def _open_partial(partial: Path, shard_dir: Path, plan: dict, fmt: str, overwrite: bool,
-                  log) -> dict[int, ShardResult]:
-    """Start OUT.partial, or resume it: returns the finished shards that still verify, by index."""
-    journal = partial / JOURNAL_NAME
-    if partial.exists():
-        if not journal.is_file() and any(partial.iterdir()):
-            raise DataError(f"{partial}: exists and is not an unfinished fastbt conversion; remove it")
-        old_plan, finished = _read_journal(journal) if journal.is_file() else (plan, {})
-        if old_plan == plan:
-            for leftover in partial.rglob("*.tmp"):  # half-written by the interrupted run
-                leftover.unlink()
-            kept = {}
-            for index, result in finished.items():
-                problem = _check_shard(shard_dir, result, fmt)
-                if problem:
-                    log(f"resume: redoing shard {index}: {printable(problem)}")
-                else:
-                    kept[index] = result
-            log(f"resume: {len(kept)} finished shard(s) in {printable(partial)} verified and kept")
-            shard_dir.mkdir(exist_ok=True)
-            if not journal.is_file():
-                _append(journal, {"plan": plan})
-            return kept
-        if not overwrite:
-            changed = ", ".join(f"{k} {old_plan.get(k)!r} -> {v!r}"
-                                for k, v in plan.items() if old_plan.get(k) != v)
-            raise DataError(f"{partial}: an unfinished conversion with other settings ({changed}); "
-                            "pass --overwrite to discard it")
-        shutil.rmtree(partial)
-    shard_dir.mkdir(parents=True)
-    _append(journal, {"plan": plan})
-    return {}
-
-
-def _append(journal: Path, record: dict) -> None:
-    with open(journal, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _read_journal(journal: Path) -> tuple[dict, dict[int, ShardResult]]:
-    plan, finished = None, {}
-    for line in journal.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:  # a line torn by a crash: that shard was not recorded
-            continue
-        if "plan" in record:
-            plan = record["plan"]
-        else:
-            result = ShardResult.from_json(record)
-            finished[result.index] = result  # a redone shard's later line wins
-    return plan, finished
-
-
-# ---- writing shards in W processes -----------------------------------------------------------
-
-_files_done = None  # in each worker: a shared counter of files processed, for the progress bar
-
-
-def _init_worker(counter, pids) -> None:
-    global _files_done
-    _files_done = counter
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the main process alone
-    with pids.get_lock():  # the pool's first workers note their pid (see _a_worker_died)
-        free = [i for i, pid in enumerate(pids) if pid == 0]
-        if free:
-            pids[free[0]] = os.getpid()
-
-
-def _a_worker_died(pids) -> bool:
-    """A pool worker that is killed (e.g. out of memory) is replaced, and its shard is never
-    returned: without this check the main process would wait for it forever."""
-    for pid in pids:
-        try:
-            if pid:
-                os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-    return False
-
-
-def _count_file() -> None:
-    with _files_done.get_lock():
-        _files_done.value += 1
-
-
-# What a format adds to each shard: DALI an index (written by the worker, renamed before the tar,
-# checked on resume); FFCV nothing (its shards are packed into the .beton, then deleted).
-
-def _write_shard(job: ShardJob, src_root: Path, folder: Path, max_side: int, quality: int,
-                 fmt: str) -> ShardResult:
-    try:
-        result = shards.write_shard(job, src_root, folder, max_side, quality, on_file=_count_file)
-        if fmt == "dali" and result.samples:
-            dali_data.write_index(folder, result)
-    except OSError as err:  # a full disk mid-tar names no file: name the shard's
-        if err.filename is not None:
-            raise
-        raise OSError(err.errno, err.strerror, str(folder / shards.shard_name(job.index))) from None
-    return result
-
-
-def _companions(result: ShardResult, fmt: str) -> list[str]:
-    return [dali_data.index_name(result)] if fmt == "dali" else []
-
-
-def _check_shard(folder: Path, result: ShardResult, fmt: str) -> str | None:
-    problem = shards.check_shard(folder, result)
-    return problem or (dali_data.check_index(folder, result) if fmt == "dali" else None)
-
-
-def _write_shards(jobs: list[ShardJob], source: Source, folder: Path, options: Options, workers: int,
-                  journal: Path, done: int, progress: bool) -> list[ShardResult]:
-    """Write the jobs' shards in parallel; each finished shard is renamed into place and journaled
-    by this process as soon as it arrives, so an interruption loses only the shards in flight."""
-    if not jobs:
-        return []
-    results = []
-    counter, n = multiprocessing.Value("q", 0), min(workers, len(jobs))
-    pids = multiprocessing.Array("q", n)
-    bar = tqdm(total=len(source.samples), initial=done, unit="img", desc="convert", smoothing=0.05,
-               disable=not progress, file=sys.stderr)
-    work = functools.partial(_write_shard, src_root=source.root, folder=folder,
-                             max_side=options.max_resolution, quality=options.jpeg_quality, fmt=options.format)
-    with bar, multiprocessing.Pool(n, _init_worker, (counter, pids)) as pool:
-        pending = pool.imap_unordered(work, jobs)
-        while len(results) < len(jobs):
-            try:
-                result = pending.next(timeout=0.2)
-            except multiprocessing.TimeoutError:
-                if _a_worker_died(pids):
-                    raise DataError(f"a shard writer process died (killed, e.g. out of memory?); finished "
-                                    f"shards are kept in {printable(folder)}: rerun to resume") from None
-            else:
-                shards.commit_shard(folder, result, _companions(result, options.format))
-                _append(journal, result.to_json())
-                results.append(result)
-            bar.update(done + counter.value - bar.n)
-    return results
-
-
-def _space_missing(source: Source, options: Options, partial: Path) -> int:
+def _space_missing(source: Source, writer: Writer, partial: Path) -> int:
     """About how many bytes the unfinished work needs beyond the free space (for a full disk's
     message): the shards still to write at the size per file of those written (or of the source
-    files, before any), plus for FFCV the .beton, which copies every shard once."""
-    journal = partial / JOURNAL_NAME
-    finished = _read_journal(journal)[1].values() if journal.is_file() else ()
+    files, before any), plus for a spooled format (FFCV) what it packs, a copy of every shard."""
+    journal_path = partial / JOURNAL_NAME
+    finished = journal.read_journal(journal_path)[1].values() if journal_path.is_file() else ()
     written = sum(r.bytes for r in finished)
     tried = sum(r.samples + len(r.skipped) for r in finished)
     if tried:
@@ -300,7 +144,7 @@ def _space_missing(source: Source, options: Options, partial: Path) -> int:
         some = source.samples[:: max(1, len(source.samples) // 100)]
         per_file = sum(_size(source.root / s.path) for s in some) / max(1, len(some))
     needed = (len(source.samples) - tried) * per_file
-    if options.format == "ffcv":
+    if writer.spooled:
         needed += written + needed
     return int(needed - shutil.disk_usage(partial if partial.exists() else partial.parent).free)
 
