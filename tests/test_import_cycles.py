@@ -46,7 +46,8 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
     """The modules of `modules` that `path` imports (`from m import x`: m.x if a module, else m)."""
     found = set()
     for module, names in imported(path):
-        found.add(module)
+        if not names:  # `import a.b`
+            found.add(module)
         found.update(f"{module}.{n}" if f"{module}.{n}" in modules else module for n in names)
     return (found & modules) - {module_name(path)}
 

@@ -22,7 +22,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("fastbt", "pipelines")
-SIZED = ("fastbt",)  # pipelines/ joins when its backend folders land (issue 22, the other half)
 CHECKED = (*PACKAGES, "scripts", "tests")  # folders whose modules must not shadow the stdlib
 MAX_MODULES, MAX_LINES, MAX_COMPLEXITY = 12, 60, 15
 DECISIONS = (ast.If, ast.IfExp, ast.For, ast.AsyncFor, ast.While, ast.ExceptHandler, ast.match_case)
@@ -90,10 +89,10 @@ def test_no_module_or_package_is_named_after_a_standard_library_module():
 
 
 def test_every_package_holds_at_most_twelve_modules():
-    packages = [p.parent for pkg in SIZED for p in (REPO / pkg).rglob("__init__.py")]
+    packages = [p.parent for pkg in PACKAGES for p in (REPO / pkg).rglob("__init__.py")]
     sizes = {str(p.relative_to(REPO)): len([m for m in p.glob("*.py") if m.name != "__init__.py"])
              for p in packages}
-    assert {"fastbt", "fastbt/train", "fastbt/train/ops"} <= set(sizes)
+    assert {"fastbt", "fastbt/train", "fastbt/train/ops", "pipelines", "pipelines/convert"} <= set(sizes)
     assert {p: n for p, n in sizes.items() if n > MAX_MODULES} == {}
 
 
@@ -118,3 +117,16 @@ def test_a_registry_refuses_a_duplicate_name_and_holds_functions(registry):
     with pytest.raises(TypeError, match="a function"):
         table["new_entry"] = "some.module:function"
     assert "new_entry" not in table
+
+
+def test_the_data_backend_registry_refuses_a_duplicate_name_and_holds_functions():
+    import pipelines  # noqa: F401 - importing the package registers its backends
+    from pipelines import backends
+
+    assert {"ffcv", "dali", "torchvision"} <= set(backends.BACKENDS)
+    for entry in backends.BACKENDS.values():
+        assert callable(entry.crops) and callable(entry.eval_crops)
+    name, entry = next(iter(backends.BACKENDS.items()))
+    with pytest.raises(ValueError, match="already registered"):
+        backends.register(name, entry)
+    assert backends.BACKENDS[name] is entry
