@@ -101,6 +101,7 @@ class RuntimeConfig:
     compile: bool = True
     compile_mode: Literal["default", "reduce-overhead", "max-autotune",
                           "max-autotune-no-cudagraphs"] = "default"
+    dist_timeout_s: int = 600  # a collective waiting this long for a lost process fails the run
 
 
 @dataclass(frozen=True)
@@ -237,7 +238,7 @@ _RANGES = [
       "profile.trace_steps", "eval.resize", "eval.size", "eval.batch_size", "eval.knn.k",
       "eval.knn.temperature", "eval.linear.epochs", "eval.linear.batch_size", "eval.linear.init_std"),
      lambda v: v > 0, "> 0"),
-    (("profile.repeats",), lambda v: v > 0, "> 0"),
+    (("profile.repeats", "runtime.dist_timeout_s"), lambda v: v > 0, "> 0"),
     (("loss.lambd", "loss.scale", "optim.lr_weights", "optim.lr_biases", "optim.weight_decay",
       "optim.momentum", "optim.eta", "optim.warmup_epochs", "optim.final_lr_ratio",
       "train.checkpoint_every_steps", "train.checkpoint_every_minutes", "profile.warmup_steps",

@@ -21,7 +21,7 @@ from PIL import Image
 
 from checks import assert_disk_full, convert_code, one_error_line, run_python
 from fastbt.cli import main
-from make_images import flat_image, make_image_folder
+from pipelines.sample_images import flat_image, make_image_folder
 from pipelines.convert import convert, journal, manifest, shards
 from pipelines.convert import driver as convert_module
 from pipelines.convert.options import Options
