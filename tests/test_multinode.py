@@ -23,10 +23,9 @@ from PIL import Image
 
 from fastbt import config, dist, run
 from fastbt.errors import RunStopped
-from make_images import make_image_folder
 from pipelines.convert import convert
-from pipelines.options import Options
-from test_pipelines import identify
+from pipelines.convert.options import Options
+from pipelines.sample_images import identify, make_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
 N, GLOBAL_BATCH = 32, 16  # 2 or 4 processes: 2 full batches each, every image used
