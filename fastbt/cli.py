@@ -69,8 +69,15 @@ def _add_pretrain(sub) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
     from fastbt.train import checkpoint
 
+    out = Path(args.out)
+    if out.is_dir():
+        raise DataError(f"{out}: is a folder; name the file to write, e.g. {out / 'resnet50.pth'}")
+    if out.exists() and out.resolve() == Path(args.checkpoint).resolve():
+        raise DataError(f"{out}: is the checkpoint being exported; name another file")
     try:
         n = checkpoint.export_backbone(args.checkpoint, args.out)
     except (FileNotFoundError, ValueError) as err:
@@ -144,6 +151,9 @@ def _add_convert(sub) -> None:
 def _inspect(args: argparse.Namespace) -> None:
     from pipelines.convert import inspect
 
+    if args.sample is not None and args.sample < 1:
+        raise DataError(f"--sample {args.sample}: expected 1 or more images to decode (or leave it out: all)")
+
     inspect(args.path, sample=args.sample)
 
 
@@ -163,6 +173,8 @@ def _eval(args: argparse.Namespace) -> None:
 
     from fastbt.eval.setup import eval_setup
 
+    if args.protocol == "knn":
+        _check_writable_file(args.out)  # now, not after the whole evaluation
     setup = eval_setup(args.weights, args.config, args.overrides,
                        {"eval.train": args.train, "eval.val": args.val, "model.arch": args.arch})
     cfg = setup.cfg
@@ -215,21 +227,51 @@ def _add_eval(sub) -> None:
                                       "beside the weights)")
 
 
+def _check_writable_file(path: str | None) -> None:
+    """Refuse, before the work, an output file whose folder is missing or that names a folder."""
+    from pathlib import Path
+
+    if path is None:
+        return
+    if Path(path).is_dir():
+        raise DataError(f"{path}: is a folder; name the result file, e.g. {Path(path) / 'knn.json'}")
+    if not Path(path).absolute().parent.is_dir():
+        raise DataError(f"{path}: its folder {Path(path).absolute().parent} does not exist")
+
+
+def _read_reports(paths: list[str]) -> list[dict]:
+    from fastbt.profiling import report
+
+    reports = []
+    for path in paths:
+        try:
+            r = report.load(path)
+        except (OSError, ValueError) as err:
+            raise DataError(f"cannot read the report {path}: {err}") from None
+        if not isinstance(r, dict) or not all(isinstance(r.get(key), dict) for key in ("verdict", "setup")):
+            raise DataError(f"{path}: not a fastbt profile report (report.json of `fastbt profile`)")
+        reports.append(r)
+    return reports
+
+
 def _profile(args: argparse.Namespace) -> None:
     if args.compare:
         from fastbt.profiling import report
 
+        a, b = _read_reports(args.compare)
         try:
-            a, b = (report.load(path) for path in args.compare)
-        except (OSError, ValueError) as err:
-            raise DataError(f"cannot read a report: {err}") from None
-        sys.stdout.write(report.compare(a, b, names=tuple(args.compare)))
+            sys.stdout.write(report.compare(a, b, names=tuple(args.compare)))
+        except (KeyError, TypeError) as err:
+            raise DataError(f"{args.compare[0]} or {args.compare[1]}: not a complete fastbt profile "
+                            f"report (at {err})") from None
         return
     if args.config is None:
         raise ConfigError("give a CONFIG to profile, or --compare A.json B.json")
+    if args.out is not None and os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ConfigError(f"--out {args.out}: is a file; profile writes a folder of reports there")
     from fastbt import config
-
     from fastbt.profiling import sweep, windows
+
     steps = [f"profile.steps={args.steps}"] if args.steps is not None else []
     overrides = [*args.overrides, *steps]
     cfg = config.load(args.config, overrides)

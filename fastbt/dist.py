@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
-from fastbt.errors import DeviceError
+from fastbt.errors import DeviceError, RunStopped
 
 # The oldest NVIDIA driver branch each CUDA major version runs on (minor-version compatibility).
 MIN_DRIVER = {"11": "R450", "12": "R525", "13": "R580"}
@@ -85,18 +88,51 @@ def pick_device(preference: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def init(device_preference: str = "auto") -> World:
-    """Read torchrun's environment, choose the device and (for several processes) join the group."""
+def from_env(device_preference: str = "auto") -> World:
+    """This process's place in the job, from torchrun's environment; joins no group. `rank` is
+    the global rank (what shards the data); `local_rank` only picks this node's device."""
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     size = int(os.environ.get("WORLD_SIZE", 1))
     device = pick_device(device_preference, local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                device_id=device if device.type == "cuda" else None)
     return World(rank=rank, local_rank=local_rank, size=size, device=device)
+
+
+def init(device_preference: str = "auto", timeout_s: float = 600) -> World:
+    """Read torchrun's environment, choose the device and (for several processes) join the group.
+    A collective that waits `timeout_s` for a lost or hung process fails instead of hanging."""
+    world = from_env(device_preference)
+    if world.device.type == "cuda":
+        torch.cuda.set_device(world.device)
+    if world.distributed and not dist.is_initialized():
+        dist.init_process_group("nccl" if world.device.type == "cuda" else "gloo",
+                                device_id=world.device if world.device.type == "cuda" else None,
+                                timeout=timedelta(seconds=timeout_s))
+    return world
+
+
+class LostPeer(RunStopped):
+    """Another process of the run died or hangs: a collective failed or timed out."""
+
+
+# what a collective's error says when its peer is gone (gloo's messages carry third_party/gloo/...)
+_COMMUNICATION = ("gloo", "NCCL", "Connection reset", "Connection closed", "Broken pipe", "Timed out")
+
+
+@contextmanager
+def lost_peers_stop_the_run(world: World):
+    """A collective that fails because another process died (its connection closes) or hangs
+    (`runtime.dist_timeout_s`) becomes LostPeer: one line and exit 1 from the CLI, not a traceback."""
+    try:
+        yield
+    except RuntimeError as err:
+        text = str(err).strip()
+        if not world.distributed or isinstance(err, RunStopped) or not (
+                isinstance(err, dist.DistError) or any(s in text for s in _COMMUNICATION)):
+            raise
+        reason = re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0] if text else "").split(". ")[0]
+        raise LostPeer(f"rank {world.rank} lost contact with another process of the run ({reason}); "
+                       f"rerun the same command on every node to resume from the last checkpoint") from None
 
 
 def teardown() -> None:

@@ -81,6 +81,11 @@ class ViewSpec:
         _require(0 < self.blur_sigma[0] <= self.blur_sigma[1], "blur_sigma", "0 < lo <= hi")
 
 
+# The largest crop accepted: 4.5x the recipe's 224; a typo (2240) would otherwise show only as an
+# out-of-memory error after the data is loaded. Larger crops than the stored images are upsampled.
+MAX_SIZE = 1024
+
+
 @dataclass(frozen=True)
 class AugSpec:
     """The two-view recipe: view 2 differs from view 1 by blur p 0.1 and solarize p 0.2."""
@@ -94,8 +99,15 @@ class AugSpec:
     resolution: Resolution = Resolution()              # progressive resolution; off by default
 
     def __post_init__(self):
-        _require(self.size > 0, "size", "> 0")
+        _require(0 < self.size <= MAX_SIZE, "size", f"in 1..{MAX_SIZE}")
         _require(self.resolution.start <= self.size, "resolution.start", "<= size (the final size)")
+        blurred = [v.blur_sigma[1] for v in (self.view1, self.view2) if v.blur_p > 0]
+        if blurred:  # reflect padding needs more pixels a side than half the kernel
+            k = blur_kernel_size(max(blurred))
+            name = "resolution.start" if self.resolution.on else "size"
+            _require(min(self.resolution.start if self.resolution.on else self.size, self.size) > k // 2,
+                     name, f"more than {k // 2} px: the blur's {k} px kernel (sigma up to {max(blurred):g}) "
+                     "pads each side by reflection")
         _require(len(self.mean) == 3 and len(self.std) == 3, "mean/std", "3 numbers each")
         _require(all(s > 0 for s in self.std), "std", "> 0")
 

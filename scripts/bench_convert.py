@@ -3,7 +3,7 @@
 
     .venv/bin/python scripts/bench_convert.py            # 2-3 minutes on 2 cores
 
-1. Sources: N photo-like JPEGs (tests/make_images.natural_image: 1/f spectrum, ~110 KB at 500x375,
+1. Sources: N photo-like JPEGs (pipelines.sample_images.natural_image: 1/f spectrum, ~110 KB at 500x375,
    ImageNet's average), half landscape 500x375, half portrait, in 10 class folders.
 2. Baseline: plain PIL in one process, per image: open + decode + convert RGB + resize to R + encode
    at Q into memory. This is the work any converter must do.
@@ -35,12 +35,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from make_images import natural_image  # noqa: E402
+from pipelines.sample_images import natural_image  # noqa: E402
 from pipelines.convert import convert  # noqa: E402
 from pipelines.convert.options import JPEG_QUALITY, MAX_RESOLUTION, Options  # noqa: E402
 from pipelines.convert.source import RESAMPLE, fit_within  # noqa: E402

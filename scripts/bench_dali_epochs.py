@@ -58,8 +58,8 @@ def epochs(args) -> None:
 
 
 def make_data(folder: Path, images: int, workers: int) -> str:
-    sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-    from make_images import make_image_folder
+    sys.path.insert(0, str(ROOT))
+    from pipelines.sample_images import make_image_folder
     from pipelines.convert import convert
     from pipelines.convert.options import Options
 

@@ -43,9 +43,8 @@ def run_case(impl, n, d, reps, budget, mode, threads, device="cpu"):
     if threads:
         torch.set_num_threads(threads)
 
-    from fastbt.config import LossConfig
     from fastbt.train.ops import barlow_twins_loss, reference_loss
-    lambd = LossConfig().lambd  # the paper's
+    lambd = paper_lambd()
     loss_fn = (lambda z1, z2: reference_loss(z1, z2, lambd)) if impl == "reference" else (
         lambda z1, z2: barlow_twins_loss(z1, z2, lambd, mode=mode))
     z1, z2 = (torch.randn(n, d, requires_grad=True, device=device) for _ in range(2))
@@ -81,6 +80,12 @@ def run_case(impl, n, d, reps, budget, mode, threads, device="cpu"):
     return {"time_s": statistics.median(times), "runs": len(times), "peak_mib": peak / 1024}
 
 
+def paper_lambd() -> float:
+    """The off-diagonal weight of the paper (the config's default)."""
+    from fastbt.config import LossConfig
+    return LossConfig().lambd
+
+
 def counted_flops(mode, n, d, dtype):
     """FlopCounterMode total of one forward+backward on the meta device (one process)."""
     import torch
@@ -89,7 +94,7 @@ def counted_flops(mode, n, d, dtype):
     from fastbt.train.ops import barlow_twins_loss
     z1, z2 = (torch.empty(n, d, device="meta", dtype=dtype, requires_grad=True) for _ in range(2))
     with FlopCounterMode(display=False) as counter:
-        barlow_twins_loss(z1, z2, LossConfig().lambd, mode=mode).backward()
+        barlow_twins_loss(z1, z2, paper_lambd(), mode=mode).backward()
     return counter.get_total_flops()
 
 

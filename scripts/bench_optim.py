@@ -18,6 +18,38 @@ from fastbt.train.model import build_model
 from fastbt.train.optim import build_optimizer, set_lr
 
 
+def time_lars(arch: str, projector, device: str, reps: int) -> dict:
+    """Interleaved LARS step times (seconds) of each optimizer, its first step's seconds (buffers,
+    compilation) and the parameter count. Also scripts/gpu_check.py's LARS stage."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    opts, first = {}, {}
+    for name, compiled in (("eager", False), ("compiled", True)):
+        torch.manual_seed(0)
+        model = build_model(arch, projector, channels_last=False).to(device)
+        for p in model.parameters():
+            p.grad = torch.randn_like(p) * 1e-3
+        opt = build_optimizer(model, 1e-6, 0.9, 0.001, compiled=compiled)
+        set_lr(opt, (0.2, 0.0048))
+        t0 = time.perf_counter()
+        opt.step()
+        sync()
+        first[name] = time.perf_counter() - t0
+        print(f"# first {name} step (buffers{', compilation' if compiled else ''}): "
+              f"{first[name]:.1f} s", flush=True)
+        opts[name] = opt
+    times = {name: [] for name in opts}
+    for r in range(reps):
+        for name, opt in opts.items():
+            set_lr(opt, (0.2 * (1 - r / 100), 0.0048))  # a new LR every step, as in training
+            sync()
+            t0 = time.perf_counter()
+            opt.step()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+    params = sum(p.numel() for g in opts["eager"].param_groups for p in g["params"])
+    return {"times": times, "first_step_s": first, "parameters": params}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--arch", default="resnet18")
@@ -27,31 +59,8 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
-    opts = {}
-    for name, compiled in (("eager", False), ("compiled", True)):
-        torch.manual_seed(0)
-        model = build_model(args.arch, args.projector, channels_last=False).to(args.device)
-        for p in model.parameters():
-            p.grad = torch.randn_like(p) * 1e-3
-        opt = build_optimizer(model, 1e-6, 0.9, 0.001, compiled=compiled)
-        set_lr(opt, (0.2, 0.0048))
-        t0 = time.perf_counter()
-        opt.step()
-        sync()
-        print(f"# first {name} step (buffers{', compilation' if compiled else ''}): "
-              f"{time.perf_counter() - t0:.1f} s", flush=True)
-        opts[name] = opt
-    n = sum(p.numel() for g in opts["eager"].param_groups for p in g["params"])
-    times = {name: [] for name in opts}
-    for r in range(args.reps):
-        for name, opt in opts.items():
-            set_lr(opt, (0.2 * (1 - r / 100), 0.0048))  # a new LR every step, as in training
-            sync()
-            t0 = time.perf_counter()
-            opt.step()
-            sync()
-            times[name].append(time.perf_counter() - t0)
+    measured = time_lars(args.arch, args.projector, args.device, args.reps)
+    times, n = measured["times"], measured["parameters"]
     print(f"{args.arch} + projector {args.projector}: {n / 1e6:.1f} M parameters, {args.device}, "
           f"{args.threads} thread(s), torch {torch.__version__}, {args.reps} interleaved rounds")
     print("| LARS step | ms (median) | spread (min-max) |\n|---|---|---|")

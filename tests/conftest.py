@@ -62,12 +62,12 @@ COLOUR_CLASSES, COLOUR_PER_CLASS = ("a", "b", "c"), 8
 @pytest.fixture(scope="session")
 def colour_datasets(tmp_path_factory):
     """({backend: path}, mean colour of each source image, labels): 24 flat-colour 64x48 images
-    in 3 class folders (make_images.make_image_folder; a crop's mean colour names its image), read
+    in 3 class folders (pipelines.sample_images.make_image_folder; a crop's mean colour names its image), read
     in place by torchvision and converted once for ffcv and dali (shards of 5: several files)."""
     import numpy as np
     from PIL import Image
 
-    from make_images import make_image_folder
+    from pipelines.sample_images import make_image_folder
     from pipelines.convert import convert
     from pipelines.convert.options import Options
 
@@ -84,9 +84,9 @@ def colour_datasets(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def natural_source(tmp_path_factory):
-    """24 photo-like 160x120 JPEGs (make_images.natural_image) in 3 class folders: realistic sizes
+    """24 photo-like 160x120 JPEGs (pipelines.sample_images.natural_image) in 3 class folders: realistic sizes
     for conversions that must fill a small disk."""
-    from make_images import make_image_folder
+    from pipelines.sample_images import make_image_folder
 
     root = tmp_path_factory.mktemp("natural") / "train"
     make_image_folder(root, classes=COLOUR_CLASSES, per_class=COLOUR_PER_CLASS, size=(160, 120), natural=True)

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,33 @@ def test_aug_section_is_the_recipe_and_is_checked():
         config.load(None, ["aug.view1.hue=0.7"])
     with pytest.raises(ConfigError, match="did you mean 'aug.view2.gray_p'"):
         config.load(None, ["aug.view2.grey_p=0.1"])
+
+
+# ---- crop sizes the augmentation can take ------------------------------------------------------
+
+@pytest.mark.parametrize("overrides, key", [
+    (["aug.size=8"], "size must be more than 8 px"),
+    (["aug.size=32", "aug.resolution.start=8", "aug.resolution.multiple=8", "aug.resolution.ramp_end_epoch=2"],
+     "resolution.start must be more than 8 px"),
+    (["aug.size=5000"], "size must be in 1..1024"),
+    (["aug.size=32", "aug.resolution.start=16", "aug.resolution.ramp_end_epoch=8", "train.epochs=8"],
+     "'aug.resolution.ramp_end_epoch' is 8, but the run has 8 epochs"),
+])
+def test_crop_sizes_the_blur_or_the_run_cannot_take_are_refused_naming_the_key(overrides, key):
+    from fastbt import config
+    from fastbt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        config.load(None, overrides)
+
+
+def test_the_smallest_size_the_blur_takes_is_accepted_and_runs():
+    import torch
+
+    from fastbt import config
+    from pipelines.augment import blur_kernel_size, gaussian_blur
+
+    assert config.load(None, ["aug.size=9"]).aug.size == 9
+    k = blur_kernel_size(2.0)
+    x = torch.rand(2, 3, 9, 9)
+    assert gaussian_blur(x, torch.tensor([2.0, 0.1]), k).shape == x.shape

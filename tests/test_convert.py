@@ -21,7 +21,7 @@ from PIL import Image
 
 from checks import assert_disk_full, convert_code, one_error_line, run_python
 from fastbt.cli import main
-from make_images import flat_image, make_image_folder
+from pipelines.sample_images import flat_image, make_image_folder
 from pipelines.convert import convert, journal, manifest, shards
 from pipelines.convert import driver as convert_module
 from pipelines.convert.options import Options
@@ -558,3 +558,92 @@ def test_inspect_of_a_missing_or_non_dataset_path_is_one_line(tmp_path, monkeypa
     assert main(["inspect", where]) == 2
     line = one_error_line(capsys.readouterr().err)
     assert ("no such dataset: typo_dir" in line) if where == "typo_dir" else ("no manifest" in line)
+
+
+# ---- one conversion per OUT; an unfinished one that recorded nothing --------------------------
+
+def test_a_conversion_into_an_out_another_is_writing_is_refused_touching_nothing(odd, tmp_path):
+    from pipelines import folder_lock
+
+    partial = tmp_path / "out.partial"
+    held = folder_lock.hold(partial, convert_module.LOCK_NAME)  # as a conversion in progress holds it
+    try:
+        (partial / "shard-000003.tar.tmp").write_bytes(b"in flight")
+        with pytest.raises(DataError, match=rf"out: another fastbt convert is writing it \(PID {os.getpid()} on "):
+            _dali(odd, tmp_path / "out")
+        assert sorted(p.name for p in partial.iterdir()) == [".lock", "shard-000003.tar.tmp"]
+    finally:
+        held.close()
+    m, _ = _dali(odd, tmp_path / "out")  # the lock gone, the conversion runs
+    assert m.num_images == 18 and not (tmp_path / "out" / convert_module.LOCK_NAME).exists()
+
+
+@pytest.mark.parametrize("fmt", ["dali", "ffcv"])
+def test_a_journal_cut_short_before_its_plan_counts_as_no_journal(odd, tmp_path, fmt):
+    partial = tmp_path / "out.partial"
+    (partial / "shards").mkdir(parents=True)  # as a full disk at the start leaves them
+    (partial / convert_module.JOURNAL_NAME).write_bytes(b"" if fmt == "dali" else b'{"plan": {"sou')
+    m = convert(odd.root, tmp_path / "out", Options(fmt, **OPTIONS), workers=1, progress=False,
+                log=lambda msg: None)
+    assert m.num_images == 18
+
+
+def test_an_out_whose_parent_cannot_be_written_is_one_line(odd, capsys):
+    parent = "/sys"  # even root cannot create a folder here
+    if not os.path.isdir(parent) or os.access(parent, os.W_OK) and os.geteuid() != 0:
+        pytest.skip("needs a folder no one can create entries in")
+    args = ["convert", str(odd.root), f"{parent}/fastbt_out", "--format", "dali", "--max-unreadable", "0.5"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot create {parent}/fastbt_out.partial" in err
+
+
+def _images_for_a_race(root):
+    rng = np.random.default_rng(0)
+    for c in range(4):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(300):  # 1200 files: a conversion takes seconds here
+            flat_image((160, 120), rng.integers(30, 226, 3), rng).save(root / f"c{c}/{i}.JPEG", quality=90)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["dali", "ffcv"])
+def test_two_conversions_into_one_out_started_apart_one_refused_the_other_intact(tmp_path, fmt):
+    import subprocess
+    import sys
+    import time
+
+    src, out = tmp_path / "big", tmp_path / "OUT"
+    _images_for_a_race(src)
+    cmd = [sys.executable, "-m", "fastbt.cli", "convert", str(src), str(out), "--format", fmt,
+           "--workers", "2", "--shard-size", "20", "--max-resolution", "64"]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lock = tmp_path / "OUT.partial" / convert_module.LOCK_NAME
+    deadline = time.monotonic() + 60
+    while not (lock.exists() and lock.read_text().startswith("PID")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # the first is writing shards
+    assert first.poll() is None, "the first conversion ended before the second started: make it bigger"
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    first_out, first_err = first.communicate(timeout=300)
+    assert second.returncode == 2, second.stderr
+    assert second.stderr.count("\n") == 1 and str(out) in second.stderr
+    assert f"PID {first.pid} on" in second.stderr
+    assert first.returncode == 0, first_err[-2000:]
+    m = manifest.load(out)
+    assert m.num_images == 1200
+    assert main(["inspect", str(out)]) == 0  # every file as the manifest lists it, every image decodes
+    assert sorted(p.name for p in out.iterdir()) == sorted([manifest.MANIFEST_NAME, *(
+        name for f in m.files for name in (f.path, f.index) if name)])
+
+
+def test_a_file_name_with_a_newline_stays_on_one_line_in_messages_and_the_unreadable_list(tmp_path, capsys):
+    src = tmp_path / "src"
+    make_image_folder(src, classes=("a", "b"), per_class=2)
+    (src / "a" / "bad\nname.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match="1 of 5 image files are unreadable"):
+        convert(src, tmp_path / "out", Options("dali", max_unreadable=0.0), workers=1, progress=False)
+    listing = (tmp_path / "out.partial" / convert_module.UNREADABLE_LIST).read_text().splitlines()
+    assert len(listing) == 1 and listing[0].startswith("a/bad\\nname.jpg\t")
+    err = capsys.readouterr().err.splitlines()
+    assert any(line.endswith("a/bad\\nname.jpg: not an image") or "a/bad\\nname.jpg:" in line for line in err)

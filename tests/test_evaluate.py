@@ -22,9 +22,9 @@ from fastbt.train import checkpoint
 from fastbt.train.model import build_backbone, build_model
 from pipelines.augment import AugSpec
 from pipelines.convert import convert
-from pipelines.errors import DataError
 from pipelines.convert.options import Options
 from pipelines.convert.shards import shuffled_order
+from pipelines.errors import DataError
 
 # 32 px center crops of 40 px images; the whole set in one batch.
 EVAL = ["model.arch=resnet18", "eval.size=32", "eval.resize=32", "eval.batch_size=80",

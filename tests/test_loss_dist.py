@@ -2,17 +2,17 @@
 gradient (eager and compiled with fullgraph=True), and a DDP model's parameter gradients
 (scale=W: exact; scale=1: the official code's 1/W)."""
 import functools
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from fastbt.config import LossConfig
 from fastbt.train.ops import barlow_twins_loss
 from fastbt.train.ops import xcorr
+
+import distributed
 
 LAMBD = LossConfig().lambd  # the paper's
 WORLD, N, D, IN = 2, 16, 12, 6  # N > D, so "auto" means direct; both modes are also forced
@@ -47,11 +47,8 @@ def rows_of(rank):
     return slice(rank * N // WORLD, (rank + 1) * N // WORLD)
 
 
-def worker(rank, port, out_dir, compiled):
-    torch.set_num_threads(1)
+def worker(rank, world_size, compiled):
     xcorr._BLOCK_ELEMS = 5 * D  # direct mode in several column blocks here too
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}",
-                            rank=rank, world_size=WORLD)
     x1, x2, z1, z2 = (t[rows_of(rank)] for t in global_batch())
     out = {}
     for mode in MODES:
@@ -69,25 +66,17 @@ def worker(rank, port, out_dir, compiled):
             ddp.zero_grad()
             ddp(x1, x2, mode=mode, scale=scale, group=dist.group.WORLD).backward()
             out[mode, scale] = [p.grad.clone() for p in ddp.parameters()]
-    torch.save(out, f"{out_dir}/rank{rank}.pt")
-    dist.destroy_process_group()
+    return out
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def spawn(out_dir, compiled=False):
+def spawn(compiled=False):
     """Run `worker` on WORLD processes; each rank's results."""
-    mp.spawn(worker, args=(free_port(), str(out_dir), compiled), nprocs=WORLD)
-    return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
+    return distributed.run(worker, WORLD, compiled)
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory):
-    return spawn(tmp_path_factory.mktemp("loss_dist"))
+def ranks():
+    return spawn()
 
 
 def assert_rel(x, ref, tol=1e-5):
@@ -114,8 +103,8 @@ def test_rows_match_one_process(ranks):
 
 @pytest.mark.dist
 @pytest.mark.slow  # compiling in two processes on two busy cores: ~40 s
-def test_compiled_rows_match_one_process(tmp_path):
-    assert_rows_match_one_process(spawn(tmp_path, compiled=True))
+def test_compiled_rows_match_one_process():
+    assert_rows_match_one_process(spawn(compiled=True))
 
 
 @pytest.mark.dist

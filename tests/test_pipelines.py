@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import pipelines
+from pipelines.sample_images import identify
 from pipelines.augment import AugSpec, ViewSpec
 from pipelines.errors import DataError
 from pipelines.convert.manifest import load
@@ -52,14 +53,6 @@ def loader(data):
                                                 workers=WORKERS)
         return built[key]
     return get
-
-
-def identify(images: torch.Tensor, colours: np.ndarray) -> np.ndarray:
-    """The source image of each uint8 NCHW crop, by its mean colour."""
-    means = images.double().mean((2, 3)).numpy()
-    distance = np.linalg.norm(means[:, None] - colours[None], axis=2)
-    assert distance.min(1).max() < 8, "a crop's colour matches no source image"
-    return distance.argmin(1)
 
 
 def epoch_crops(crops, epoch: int, colours):

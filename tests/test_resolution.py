@@ -60,7 +60,7 @@ def test_a_schedule_that_would_exceed_the_recompile_limit_is_refused():
     from fastbt.train.run import _check_compiled_sizes
 
     cfg = config.load(None, ["aug.resolution.start=32", "aug.resolution.multiple=8",
-                             "aug.resolution.ramp_end_epoch=100", "train.epochs=100"])
+                             "aug.resolution.ramp_end_epoch=100", "train.epochs=101"])
     with pytest.raises(ConfigError, match="recompile limit"):
         _check_compiled_sizes(cfg)
 

@@ -1,5 +1,5 @@
 """Class mixing per batch, on a class-sorted source of 20 classes: every loader's batches hold about
-as many distinct classes as uniformly random batches do (tests/mixing.py has the exact expectation),
+as many distinct classes as uniformly random batches do (pipelines/class_mixing.py has the exact expectation),
 and so does DALI's stock streaming reader over fastbt's shuffled shards; over class-sorted shards
 (as fastbt wrote them before) it does not, which shows the measurement can fail.
 
@@ -10,8 +10,8 @@ three shards. Printed figures: `pytest -s`.
 import pytest
 
 import pipelines
-from make_images import make_image_folder
-from mixing import class_sorted_shards, expected_distinct, mean_distinct, streamed_label_batches
+from pipelines.sample_images import make_image_folder
+from pipelines.class_mixing import class_sorted_shards, expected_distinct, mean_distinct, streamed_label_batches
 from pipelines.augment import AugSpec
 from pipelines.convert import convert
 from pipelines.convert.options import Options

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from make_images import make_image_folder
+from pipelines.sample_images import make_image_folder
 from pipelines.convert import driver as convert_module
 from pipelines.convert import shards
 from pipelines.dali_backend import index as dali_index

@@ -15,7 +15,7 @@ from PIL import Image
 
 from checks import one_error_line
 from fastbt.cli import main
-from make_images import flat_image, make_image_folder
+from pipelines.sample_images import flat_image, make_image_folder
 from pipelines.convert import convert, manifest, source
 from pipelines.convert.options import Options
 from pipelines.convert.source import UnreadableImage, fit_within, read_rgb, scan

@@ -4,7 +4,7 @@ ends in one line naming the file, never the worker's traceback."""
 import pytest
 
 import pipelines
-from make_images import make_image_folder
+from pipelines.sample_images import make_image_folder
 from pipelines.augment import AugSpec
 from pipelines.errors import DataError
 

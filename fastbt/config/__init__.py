@@ -48,6 +48,12 @@ def _check_ranges(cfg: Config) -> None:
             value = functools.reduce(getattr, key.split("."), cfg)
             if not ok(value):
                 raise ConfigError(f"config key '{key}' must be {what}, got {shown(value)}")
+    ramp = cfg.aug.resolution
+    if ramp.on and ramp.ramp_end_epoch >= cfg.train.epochs:  # refused: the size evaluated is never trained
+        raise ConfigError(f"config key 'aug.resolution.ramp_end_epoch' is {ramp.ramp_end_epoch}, but the run "
+                          f"has {cfg.train.epochs} epochs (train.epochs): it would never train at aug.size "
+                          f"({cfg.aug.size} px), the size it is evaluated at; end the ramp by epoch "
+                          f"{cfg.train.epochs - 1}, or set aug.resolution.start=0 (off)")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -13,8 +13,8 @@ from typing import Annotated, Literal, Optional
 
 from fastbt.config.values import OneOf
 from fastbt.errors import ConfigError
-from pipelines.convert import options as convert_options
 from pipelines.augment import AugSpec
+from pipelines.convert import options as convert_options
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -71,6 +71,7 @@ class RuntimeConfig:
     compile: bool = True
     compile_mode: Literal["default", "reduce-overhead", "max-autotune",
                           "max-autotune-no-cudagraphs"] = "default"
+    dist_timeout_s: int = 600  # a collective waiting this long for a lost process fails the run
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,7 @@ RANGES = [
       "profile.trace_steps", "eval.resize", "eval.size", "eval.batch_size", "eval.knn.k",
       "eval.knn.temperature", "eval.linear.epochs", "eval.linear.batch_size", "eval.linear.init_std"),
      lambda v: v > 0, "> 0"),
-    (("profile.repeats",), lambda v: v > 0, "> 0"),
+    (("profile.repeats", "runtime.dist_timeout_s"), lambda v: v > 0, "> 0"),
     (("loss.lambd", "loss.scale", "optim.lr_weights", "optim.lr_biases", "optim.weight_decay",
       "optim.momentum", "optim.eta", "optim.warmup_epochs", "optim.final_lr_ratio",
       "train.checkpoint_every_steps", "train.checkpoint_every_minutes", "profile.warmup_steps",

@@ -15,6 +15,8 @@ Every stage is skipped when its output already exists, so a second run only repe
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -45,19 +47,46 @@ Stages whose output exists are skipped on a second run (--fresh starts over)."""
 
 
 DEMO_OUTPUTS = {"data", "run", "profile"}  # what a demo writes into its --out folder
+# Every file a demo writes under --out (relative paths; a run's tb/ events and previous-*/ set aside
+# by train.resume=restart included): --fresh deletes a folder only if it holds nothing else.
+DEMO_FILES = re.compile("|".join([
+    r"data/(train|val)(\.partial)?/[a-z]+/[a-z]+_\d+\.JPEG",
+    r"data/train_ffcv(\.partial)?/(data\.beton|manifest\.json|journal\.jsonl|unreadable\.txt|\.lock"
+    r"|shards/[^/]+|[^/]+\.tmp)",
+    r"run/(previous-[^/]+/)?(config\.yaml|log\.jsonl|ckpt_\d+\.pt|backbone\.pth|curves\.png|\.lock"
+    r"|\.[^/]+\.tmp)",
+    r"run/tb/[^/]+",
+    r"profile/(report\.json|report\.md|phases\.png|throughput\.png|trace\.json|\.[^/]+\.tmp)",
+]))
+
+
+def foreign_files(out: Path) -> list[str]:
+    """The files (and links) under `out` that no demo writes, as paths relative to it."""
+    if not out.is_dir() or out.is_symlink():
+        return [out.name]
+    found = []
+    for folder, dirs, files in os.walk(out):
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
+            path = Path(folder, name)
+            relative = path.relative_to(out).as_posix()
+            if path.is_symlink() or not DEMO_FILES.fullmatch(relative):
+                found.append(relative)
+    return sorted(found)
 
 
 def clear(out: Path) -> None:
-    """Delete a previous demo's folder (--fresh); refuse a folder holding anything a demo did not write."""
+    """Delete a previous demo's folder (--fresh); refuse a folder holding anything, at any depth,
+    that a demo did not write (nothing is deleted then)."""
     from pipelines.errors import DataError
+    from pipelines.convert.source import printable
 
-    if not out.exists():
+    if not out.exists() and not out.is_symlink():
         return
-    foreign = sorted(p.name for p in out.iterdir()) if out.is_dir() else [out.name]
-    foreign = [name for name in foreign if name not in DEMO_OUTPUTS]
+    foreign = foreign_files(out)
     if foreign:
-        raise DataError(f"{out} holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, which no "
-                        f"demo wrote: --fresh deletes only a demo's own folder (choose another --out)")
+        shown = ", ".join(printable(name) for name in foreign[:3])
+        raise DataError(f"{printable(out)} holds {shown}{' ...' if len(foreign) > 3 else ''}, which no demo "
+                        "wrote: --fresh deletes only a demo's own folder (choose another --out)")
     shutil.rmtree(out)
 
 
@@ -91,15 +120,15 @@ def run(out: Path, overrides: list[str], fresh: bool = False, with_profile: bool
     import torch
 
     from fastbt import config, plot
-
-    from fastbt.train import loop
-    from fastbt.eval.setup import proportional_resize
     from fastbt.eval.protocol import KnnEval
-    from fastbt.train.model import build_backbone
-    from fastbt.profiling.windows import profile
+    from fastbt.eval.setup import proportional_resize
     from fastbt.eval.weights import load_backbone
+    from fastbt.profiling.windows import profile
+    from fastbt.train import loop
+    from fastbt.train.model import build_backbone
 
     out = Path(out)
+    base = config.load(CONFIG, overrides)  # bad overrides are refused before anything is deleted
     if fresh:
         clear(out)
     times: dict[str, float] = {}
@@ -117,7 +146,6 @@ def run(out: Path, overrides: list[str], fresh: bool = False, with_profile: bool
     beton = convert_train(data)
     lap("convert")
 
-    base = config.load(CONFIG, overrides)
     # the online monitor and the final comparison judge at the training resolution (see fastbt/eval/setup.py)
     cfg_overrides = [f"data.path={beton}", f"train.out_dir={out / 'run'}", f"eval.train={data / 'train'}",
                      f"eval.val={data / 'val'}", f"eval.size={base.aug.size}",

@@ -17,7 +17,9 @@ from the newest. The result is written as JSON beside the weights.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -29,7 +31,7 @@ from torch import Tensor, nn
 from fastbt import config, dist
 from fastbt.config import Config
 from fastbt.errors import ConfigError
-from fastbt.eval.data import center_crops, random_crops, train_and_val
+from fastbt.eval.data import LabeledSet, center_crops, random_crops, train_and_val
 from fastbt.eval.features import Frozen, bank_dtype, extract_features, place
 from fastbt.eval.knn import accuracy, topk_correct
 from fastbt.eval.protocol import beside, labeled_paths, write_result
@@ -37,6 +39,7 @@ from fastbt.eval.weights import load_backbone
 from fastbt.runlog import RunLog
 from fastbt.train import checkpoint, rundir
 from pipelines.augment import ViewSpec, normalize, to_float
+from pipelines.convert.source import printable
 
 Batches = Callable[[int], Iterator[tuple[Tensor, Tensor]]]  # epoch -> (features, labels) batches
 
@@ -101,6 +104,40 @@ def _check_same_setup(saved: dict, setup: dict, out_dir: Path) -> None:
                               "settings to resume, or choose another output directory")
 
 
+# A probe directory holds these and nothing else; MARKER, written first, is what makes it ours.
+MARKER = "probe.json"
+PROBE_FILES = re.compile(r"\.?(probe\.json|log\.jsonl|ckpt_\d{9}\.pt)(\.tmp)?")
+
+
+def claim_out_dir(out_dir: Path, setup: dict) -> None:
+    """Make `out_dir` this probe's (a new or empty folder gets MARKER), or check that it is one with
+    the same setup (to resume it). Anything else is refused before a file is touched."""
+    found = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
+    if not found:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.atomic_write(out_dir / MARKER, lambda f: f.write(json.dumps({"setup": setup}).encode()))
+        return
+    foreign = [name for name in found if not PROBE_FILES.fullmatch(name)]
+    if MARKER not in found or foreign:
+        shown = ", ".join(printable(name) for name in (foreign or found)[:3])
+        raise ConfigError(f"{printable(out_dir)} holds files no linear probe wrote ({shown}"
+                          f"{' ...' if len(foreign or found) > 3 else ''}); choose another --out")
+    try:
+        saved = json.loads((out_dir / MARKER).read_text())["setup"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{out_dir / MARKER} is damaged ({type(err).__name__}); choose another --out") from None
+    _check_same_setup(saved, setup, out_dir)
+
+
+def check_batches(train: LabeledSet, batch_size: int, cached: bool) -> None:
+    """The augmented probe drops each epoch's last partial batch: fewer images than a batch would
+    train the head on none, and report the untrained head's accuracy."""
+    if not cached and train.size < batch_size:
+        raise ConfigError(f"eval.linear.batch_size {batch_size} is more than the {train.size} images of "
+                          f"{train.path}: every epoch would train on none (a partial batch is dropped); "
+                          f"set eval.linear.batch_size={train.size} or less")
+
+
 def _probe_data(cfg: Config, frozen: Frozen, width: int, train, val, cached: bool, device):
     """(the head's training batches by epoch, (val features, val labels)): training batches are
     random crops through the frozen backbone, or with `cached` features of center crops."""
@@ -131,7 +168,6 @@ def _train_head(lin, head: nn.Module, optimizer, train_batches, val: tuple, save
         optimizer.load_state_dict(saved["optimizer"])
         epoch, history = saved["epoch"], saved["history"]
         print(f"linear probe: resumed from {saved['path']} (epoch {epoch} of {lin.epochs})", flush=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "log.jsonl"
     log_path.unlink(missing_ok=True)  # the log is the checkpoint's history, then each new epoch
     log = RunLog(log_path)
@@ -166,14 +202,16 @@ def linear_probe(cfg: Config, weights: str | Path, cached: bool = False,
     device = dist.pick_device(cfg.runtime.device, 0)
     backbone, width = load_backbone(weights, cfg.model.arch)
     train, val = train_and_val(*labeled_paths(ev))
+    check_batches(train, lin.batch_size, cached)
     # What the result depends on; a checkpoint made with anything else is not resumed.
     setup = {"weights": str(Path(weights).resolve()), "arch": cfg.model.arch, "cached": cached,
              "train": train.path, "val": val.path, "size": ev.size, "resize": ev.resize,
              "mean": list(cfg.aug.mean), "std": list(cfg.aug.std),
              **{f"eval.linear.{k}": v for k, v in config.to_dict(lin).items()}}
-    saved = checkpoint.load_latest(out_dir, map_location=device) if out_dir.is_dir() else None
+    claim_out_dir(out_dir, setup)
+    saved = checkpoint.load_latest(out_dir, map_location=device)
     if saved is not None:
-        _check_same_setup(saved["setup"], setup, out_dir)
+        _check_same_setup(saved.get("setup", {}), setup, out_dir)
 
     place(backbone, cfg.runtime, device).eval().requires_grad_(False)
     frozen = Frozen.configured(backbone, cfg.runtime, device)

@@ -28,6 +28,10 @@ def parse(sweeps: list[str]) -> list[tuple[str, list[str]]]:
         split = _split_top_level(values)
         if not sep or not key or not all(split):
             raise ConfigError(f"--sweep {sweep!r}: expected key=value1,value2,...")
+        earlier = next((values for swept, values in axes if swept == key), None)
+        if earlier is not None:  # every combination of a key with itself is no setting at all
+            raise ConfigError(f"--sweep {sweep!r}: {key} is swept twice; give its values once: "
+                              f"--sweep {key}={','.join([*earlier, *split])}")
         axes.append((key, split))
     return axes
 

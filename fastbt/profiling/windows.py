@@ -71,7 +71,7 @@ PREFETCH_PER_WORKER, PREFETCH_SLACK = 2, 3
 def profile(cfg: Config, out_dir: str | Path) -> Path:
     """Measure (every process), write the report (rank 0), return its folder."""
     out_dir = Path(out_dir)
-    world = dist.init(cfg.runtime.device)
+    world = dist.init(cfg.runtime.device, cfg.runtime.dist_timeout_s)
     try:
         if world.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -113,7 +113,7 @@ def measure(cfg: Config, world: dist.World, out_dir: Path) -> dict:
     resolution = cfg.aug.resolution
     # the loader's windows read an epoch at the final size (the first, unless a schedule is on)
     batches = crop_batches(run, resolution.ramp_end_epoch * run.derived.steps_per_epoch if resolution.on else 0)
-    synthetic = _synthetic_views(pairs, cfg.aug.size, device)
+    synthetic = _synthetic_views(pairs, cfg.aug.size, device, run.loader.augment.dtype)
     schedule = itertools.count()  # the LR schedule's step: any, as long as it moves on
     bodies = {  # one step of each window kind, reporting to `clock`
         "loader": lambda clock: (clock.start(), views(run, batches, clock)),
@@ -121,7 +121,7 @@ def measure(cfg: Config, world: dist.World, out_dir: Path) -> dict:
         "end_to_end": lambda clock: step(run, next(schedule), batches, clock),
     }
     if resolution.on:  # and the step alone at the schedule's start size, interleaved with the rest
-        small = _synthetic_views(pairs, resolution.start, device)
+        small = _synthetic_views(pairs, resolution.start, device, run.loader.augment.dtype)
         bodies["step_start"] = lambda clock: (clock.start(), run.train(next(schedule), *small, clock))
     lead_in = max(cfg.profile.steps, PREFETCH_PER_WORKER * cfg.data.workers + PREFETCH_SLACK)
     windows = _windows(bodies, cfg.profile.warmup_steps, cfg.profile.steps, cfg.profile.repeats,
@@ -194,9 +194,12 @@ def _projection(cfg: Config, run: Run, rates: dict[str, float]) -> dict:
             "start_size": resolution.start, "end_size": cfg.aug.size}
 
 
-def _synthetic_views(pairs: int, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """What the loader hands the step: normalized float views, channels-last, on the device."""
-    return tuple(torch.randn(pairs, 3, size, size, device=device)
+def _synthetic_views(pairs: int, size: int, device: torch.device,
+                     dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the loader hands the step: normalized views in its dtype (the training dtype: bf16
+    on CUDA; fp32 views would make the compiled forward specialize, i.e. compile twice),
+    channels-last, on the device."""
+    return tuple(torch.randn(pairs, 3, size, size, device=device, dtype=dtype)
                  .contiguous(memory_format=torch.channels_last) for _ in range(2))
 
 

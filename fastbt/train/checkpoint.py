@@ -98,7 +98,7 @@ def load_latest(run_dir: Path, map_location="cpu") -> dict[str, Any] | None:
         try:
             state = load(path, map_location)
         except Exception as err:  # a truncated zip, a bad pickle: any way a file can be damaged
-            warnings.warn(f"checkpoint {path} is unreadable ({type(err).__name__}: {err}); "
+            warnings.warn(f"checkpoint {path} is unreadable ({why_unreadable(err)}); "
                           "falling back to the previous one", stacklevel=2)
             continue
         state["path"] = str(path)
@@ -172,9 +172,7 @@ def read_backbone_state(path: str | Path) -> dict[str, Tensor]:
     try:
         obj = load(path)
     except Exception as err:  # not a torch file, truncated, or pickled code (weights_only refuses)
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise WeightsError(f"{path}: not a readable weights file ({type(err).__name__}: "
-                           f"{reason[:200]})") from None
+        raise WeightsError(f"{path}: not a readable weights file ({why_unreadable(err)})") from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):  # a fastbt checkpoint
         obj = backbone_state(obj["model"])
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
@@ -183,3 +181,14 @@ def read_backbone_state(path: str | Path) -> dict[str, Tensor]:
     if not state:
         raise WeightsError(f"{path}: holds no backbone weights")
     return state
+
+
+def why_unreadable(err: Exception) -> str:
+    """Why torch.load failed, in a few words: never torch's advice to re-run with
+    weights_only=False (that runs the file's pickled code, which fastbt refuses on purpose)."""
+    text = str(err)
+    unsafe = re.search(r"Unsupported global: (GLOBAL \S+)", text)
+    if unsafe:
+        return f"it holds pickled code ({unsafe.group(1)}), which fastbt never runs"
+    first = re.sub(r"\x1b\[[0-9;]*m", "", text.strip().splitlines()[0] if text.strip() else "")
+    return f"{type(err).__name__}: {first[:200]}"

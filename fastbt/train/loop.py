@@ -21,9 +21,10 @@ from fastbt.train.run import Run, build_run
 
 def pretrain(cfg: Config) -> Path:
     """Pretrain (or resume) in cfg.train.out_dir; returns it, also when preempted."""
-    world = dist.init(cfg.runtime.device)
+    world = dist.init(cfg.runtime.device, cfg.runtime.dist_timeout_s)
     try:
-        with rundir.exclusive(Path(cfg.train.out_dir), world):  # one run per directory
+        with dist.lost_peers_stop_the_run(world), \
+                rundir.exclusive(Path(cfg.train.out_dir), world):  # one run per directory
             return _pretrain(cfg, world)
     finally:
         dist.teardown()

@@ -64,17 +64,21 @@ class Run:
         return self.train_step(view1, view2, clock)
 
 
-def build_run(cfg: Config, world: dist.World) -> Run:
-    if not cfg.data.path:
-        raise ConfigError("data.path is not set: give the dataset, e.g. data.path=/data/in1k_ffcv")
-    dist.seed_everything(cfg.train.seed)
-    group = torch_dist.group.WORLD if world.distributed else None
-
-    loader = pipelines.build_loader(
+def build_train_loader(cfg: Config, world: dist.World):
+    """This process's loader: its shard of each epoch chosen by the GLOBAL rank (with the local
+    rank, every node would read the same shard and a 4-node job a quarter of the data)."""
+    return pipelines.build_loader(
         cfg.data.backend, cfg.data.path, aug=cfg.aug, batch_size=config.per_device_batch(cfg, world.size),
         device=world.device, rank=world.rank, world_size=world.size, seed=cfg.train.seed,
         workers=cfg.data.workers,  # views in the training dtype, the chain compiled with the step
         dtype=autocast_dtype(cfg.runtime.precision, world.device), compiled=cfg.runtime.compile)
+
+
+def build_run(cfg: Config, world: dist.World) -> Run:
+    if not cfg.data.path:
+        raise ConfigError("data.path is not set: give the dataset, e.g. data.path=/data/in1k_ffcv")
+    dist.seed_everything(cfg.train.seed)
+    loader = build_train_loader(cfg, world)
     derived = config.derive(cfg, world.size, loader.dataset_size)
     if len(loader) != derived.steps_per_epoch:
         raise RuntimeError(f"the {cfg.data.backend} loader gives {len(loader)} batches per epoch on "
@@ -82,6 +86,14 @@ def build_run(cfg: Config, world: dist.World) -> Run:
 
     if cfg.runtime.compile:
         _check_compiled_sizes(cfg)
+    model, optimizer, train_step = build_train_step(cfg, world)
+    return Run(cfg, world, loader, derived, model, optimizer, train_step)
+
+
+def build_train_step(cfg: Config, world: dist.World) -> tuple[nn.Module, torch.optim.Optimizer, TrainStep]:
+    """The model (unwrapped), LARS and the TrainStep of `cfg` on `world`'s device, without a
+    loader: what `build_run` trains and what scripts/gpu_check.py times on generated crops."""
+    group = torch_dist.group.WORLD if world.distributed else None
     channels_last = use_channels_last(cfg.runtime.channels_last, world.device)
     model = build_model(cfg.model.arch, cfg.model.projector, channels_last).to(world.device)
     model = use_global_batch_norm(model, world.device, group)
@@ -95,7 +107,7 @@ def build_run(cfg: Config, world: dist.World) -> Run:
         model, broadcast_buffers=False, gradient_as_bucket_view=True, static_graph=True)
         if world.distributed else model)
     train_step = TrainStep(trained, optimizer, build_loss(cfg.loss), cfg.runtime, world.device, group)
-    return Run(cfg, world, loader, derived, model, optimizer, train_step)
+    return model, optimizer, train_step
 
 
 def _check_compiled_sizes(cfg: Config) -> None:

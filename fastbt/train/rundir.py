@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import os
-import socket
 import sys
 import time
 import warnings
@@ -33,6 +31,7 @@ from fastbt import config, dist
 from fastbt.config import Config
 from fastbt.errors import RunDirError
 from fastbt.train import checkpoint
+from pipelines import folder_lock
 
 LOCK = ".lock"
 LOG = "log.jsonl"
@@ -100,27 +99,12 @@ def exclusive(run_dir: Path, world: dist.World) -> Iterator[None]:
 
 def _lock(run_dir: Path):
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(run_dir / LOCK, "a+")  # "a+": never truncate a file someone else may hold
+        return folder_lock.hold(run_dir, LOCK)
+    except folder_lock.FolderBusy as busy:
+        raise RunDirError(f"{run_dir} is in use by another fastbt run ({busy.holder}); wait for it to end, "
+                          "or choose another train.out_dir") from None
     except OSError as err:
         raise RunDirError(f"cannot use {run_dir} as the run directory: {err.strerror or err}") from None
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read(200).strip() or "PID unknown"
-        handle.close()
-        raise RunDirError(f"{run_dir} is in use by another fastbt run ({holder}); wait for it to end, "
-                          "or choose another train.out_dir") from None
-    except OSError as err:  # a filesystem without locks (some NFS or Lustre mounts): say so, go on
-        print(f"fastbt: warning: cannot lock {run_dir / LOCK} ({err.strerror}); make sure no other "
-              "run uses this directory", file=sys.stderr, flush=True)
-        return handle
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"PID {os.getpid()} on {socket.gethostname()}\n")
-    handle.flush()
-    return handle
 
 
 # --------------------------------------------------------------------------------------------

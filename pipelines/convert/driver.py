@@ -18,6 +18,7 @@ creates with a unique name, and only that folder is removed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -26,16 +27,17 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Iterator
 
+from pipelines import folder_lock
 from pipelines.backends import Writer, backend
 from pipelines.convert import journal, manifest, pool, shards
-from pipelines.convert.journal import JOURNAL_NAME
+from pipelines.convert.journal import JOURNAL_NAME, LOCK_NAME, SPOOL_NAME
 from pipelines.convert.options import Options
 from pipelines.convert.shards import ShardResult
 from pipelines.convert.source import Source, printable, scan
 from pipelines.errors import DISK_FULL, DataError, NoSpace
 
-SPOOL_NAME = "shards"  # a spooled format's shards wait here to be packed (FFCV)
 UNREADABLE_LIST = "unreadable.txt"  # written into OUT.partial when too many files are unreadable
 SHOW_UNREADABLE = 20  # how many unreadable files a failing run prints (all go to the list)
 
@@ -55,6 +57,12 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, options: Options, *,
     if workers is not None and workers < 1:
         raise DataError(f"workers {workers}: expected 1 or more")
     workers = workers or len(os.sched_getaffinity(0))
+    with _locked(out, partial):
+        return _convert(src, out, partial, options, workers, overwrite, progress, log)
+
+
+def _convert(src: Path, out: Path, partial: Path, options: Options, workers: int, overwrite: bool,
+             progress: bool, log) -> manifest.Manifest:
     start = time.perf_counter()
 
     source = scan(src, options.limit)
@@ -120,6 +128,31 @@ def _check_destination(src: Path, out: Path, partial: Path, overwrite: bool) -> 
     why = manifest.why_not_replaceable(out) if any(out.iterdir()) else None
     if why:
         raise DataError(f"{out}: exists and is not a fastbt dataset; refusing to replace it ({why})")
+
+
+@contextlib.contextmanager
+def _locked(out: Path, partial: Path) -> Iterator[None]:
+    """Hold OUT.partial's lock for the whole conversion: a second conversion into the same OUT is
+    refused in one line, touching nothing (it would take the first's work for its own to resume)."""
+    created = not partial.exists()
+    try:
+        handle = folder_lock.hold(partial, LOCK_NAME)
+    except folder_lock.FolderBusy as busy:
+        raise DataError(f"{printable(out)}: another fastbt convert is writing it ({busy.holder}); wait for "
+                        "it to end, or choose another OUT") from None
+    except OSError as err:
+        raise DataError(f"cannot create {printable(partial)}: {err.strerror or err}") from None
+    try:
+        # the file locked may be one its holder removed just before (finished, or nothing written)
+        if os.fstat(handle.fileno()).st_ino != os.stat(partial / LOCK_NAME).st_ino:
+            raise DataError(f"{printable(out)}: another fastbt convert just finished or gave up writing "
+                            "it; run the command again")
+        yield
+    finally:
+        if created and partial.is_dir() and [p.name for p in partial.iterdir()] == [LOCK_NAME]:
+            (partial / LOCK_NAME).unlink()  # nothing was written: leave no empty OUT.partial behind
+            partial.rmdir()
+        handle.close()
 
 
 def _fingerprint(source: Source) -> str:
@@ -213,5 +246,6 @@ def _move_into_place(partial: Path, out: Path) -> None:
     else:
         os.rename(partial, out)
     (out / JOURNAL_NAME).unlink()
+    (out / LOCK_NAME).unlink(missing_ok=True)  # still held by this run: no other can take it meanwhile
     (out / UNREADABLE_LIST).unlink(missing_ok=True)
     shutil.rmtree(out / SPOOL_NAME, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""The unfinished conversion: OUT.partial and its journal, `OUT.partial/journal.jsonl`.
+"""The unfinished conversion: OUT.partial (held by the running conversion's lock) and its journal,
+`OUT.partial/journal.jsonl`.
 
 Its first line holds the plan (source, options); then a line per finished shard. After an
 interruption the same command verifies the finished shards and keeps them (`open_partial`).
@@ -18,40 +19,55 @@ from pipelines.convert.source import printable
 from pipelines.errors import DataError
 
 JOURNAL_NAME = "journal.jsonl"
+LOCK_NAME = ".lock"  # in OUT.partial: one conversion at a time (pipelines.folder_lock)
+SPOOL_NAME = "shards"  # a spooled format's shards wait here to be packed (FFCV)
 
 
 def open_partial(partial: Path, shard_dir: Path, plan: dict, writer: Writer, overwrite: bool,
                  log) -> dict[int, ShardResult]:
-    """Start OUT.partial, or resume it: returns the finished shards that still verify, by index."""
+    """Start OUT.partial (this run holds its lock), or resume it: returns the finished shards that
+    still verify, by index."""
     journal = partial / JOURNAL_NAME
-    if partial.exists():
-        if not journal.is_file() and any(partial.iterdir()):
+    old_plan, finished = read_journal(journal) if journal.is_file() else (None, {})
+    if old_plan is None:  # nothing recorded: new, or cut short before its plan (e.g. a full disk)
+        work = {LOCK_NAME, JOURNAL_NAME, SPOOL_NAME}
+        if any(p.name not in work and not p.name.endswith(".tmp") for p in partial.iterdir()):
             raise DataError(f"{partial}: exists and is not an unfinished fastbt conversion; remove it")
-        old_plan, finished = read_journal(journal) if journal.is_file() else (plan, {})
-        if old_plan == plan:
-            for leftover in partial.rglob("*.tmp"):  # half-written by the interrupted run
-                leftover.unlink()
-            kept = {}
-            for index, result in finished.items():
-                problem = check_shard(shard_dir, result, writer)
-                if problem:
-                    log(f"resume: redoing shard {index}: {printable(problem)}")
-                else:
-                    kept[index] = result
-            log(f"resume: {len(kept)} finished shard(s) in {printable(partial)} verified and kept")
-            shard_dir.mkdir(exist_ok=True)
-            if not journal.is_file():
-                append(journal, {"plan": plan})
-            return kept
+        _discard_work(partial)
+    elif old_plan != plan:
         if not overwrite:
             changed = ", ".join(f"{k} {old_plan.get(k)!r} -> {v!r}"
                                 for k, v in plan.items() if old_plan.get(k) != v)
             raise DataError(f"{partial}: an unfinished conversion with other settings ({changed}); "
                             "pass --overwrite to discard it")
-        shutil.rmtree(partial)
-    shard_dir.mkdir(parents=True)
+        _discard_work(partial)
+    else:
+        for leftover in partial.rglob("*.tmp"):  # half-written by the interrupted run
+            leftover.unlink()
+        kept = {}
+        for index, result in finished.items():
+            problem = check_shard(shard_dir, result, writer)
+            if problem:
+                log(f"resume: redoing shard {index}: {printable(problem)}")
+            else:
+                kept[index] = result
+        log(f"resume: {len(kept)} finished shard(s) in {printable(partial)} verified and kept")
+        shard_dir.mkdir(exist_ok=True)
+        return kept
+    shard_dir.mkdir(exist_ok=True)
     append(journal, {"plan": plan})
     return {}
+
+
+def _discard_work(partial: Path) -> None:
+    """Empty OUT.partial of an earlier conversion's work; the lock this run holds stays."""
+    for path in partial.iterdir():
+        if path.name == LOCK_NAME:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def append(journal: Path, record: dict) -> None:

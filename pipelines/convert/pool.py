@@ -66,7 +66,7 @@ def _write_shard(job: ShardJob, src_root: Path, folder: Path, max_side: int, qua
 
 
 def write_shards(jobs: list[ShardJob], source: Source, folder: Path, options: Options, workers: int,
-                  journal_path: Path, done: int, progress: bool) -> list[ShardResult]:
+                 journal_path: Path, done: int, progress: bool) -> list[ShardResult]:
     """Write the jobs' shards in parallel; each finished shard is renamed into place and journaled
     by this process as soon as it arrives, so an interruption loses only the shards in flight."""
     if not jobs:

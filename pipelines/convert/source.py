@@ -72,8 +72,12 @@ class Source:
 
 def printable(name: str | os.PathLike) -> str:
     """A path or name as text any output (JSON, a UTF-8 terminal) accepts: bytes of the name that
-    are not UTF-8 (which Python keeps as surrogate escapes) are shown as \\xNN."""
-    return os.fsencode(name).decode("utf-8", "backslashreplace")
+    are not UTF-8 (which Python keeps as surrogate escapes) are shown as \\xNN, and control characters
+    (a newline in a file name) as \\n, \\xNN...: one name never spans two lines of a message or list."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace").translate(_CONTROL_ESCAPES)
+
+
+_CONTROL_ESCAPES = {c: repr(chr(c))[1:-1] for c in [*range(32), 127]}
 
 
 def _hidden(name: str) -> bool:

@@ -27,7 +27,8 @@ if TYPE_CHECKING:  # torch and pipelines.loader are imported where used
 
 # ---- the two-view loader (its FFCV operations are in pipelines.ffcv_backend.ops) -------------
 
-def _dataset(path) -> tuple[manifest.Manifest, str]:
+def open_dataset(path) -> tuple[manifest.Manifest, str]:
+    """(manifest, .beton path) of an FFCV dataset folder, its header checked (DataError if bad)."""
     m = manifest.load(path, format="ffcv")
     beton = m.data_paths()[0]
     try:
@@ -43,7 +44,7 @@ def _largest_sample(beton: str) -> int:
     return int(Reader(beton).alloc_table["size"].max())
 
 
-def _threads(workers: int) -> int:
+def loader_threads(workers: int) -> int:
     """ffcv's Loader passes its worker count to numba.set_num_threads, which refuses more than
     NUMBA_NUM_THREADS (the core count, by default)."""
     import numba
@@ -108,11 +109,11 @@ class FFCVCrops:
 
         from pipelines.ffcv_backend.ops import EpochOrder, JpegBytes, TwoCrops
 
-        m, beton = _dataset(path)
+        m, beton = open_dataset(path)
         self.dataset_size, self.num_classes = m.num_images, len(m.classes)
         self.beton, self.aug, self.epoch, self.skip = beton, aug, 0, 0
         device = torch.device(device)
-        workers = _threads(workers)
+        workers = loader_threads(workers)
         self.crops = TwoCrops(aug, seed, ThreadPoolExecutor(workers, thread_name_prefix="ffcv-crops"), workers)
         self.order = EpochOrder(rank, world_size, seed)
         self.loader = Loader(beton, batch_size=batch_size, num_workers=workers,
@@ -173,10 +174,10 @@ def ffcv_center_crops(path: str, *, size: int, resize: int, mean, std, batch_siz
     from pipelines.loader import NormalizedBatches
     from pipelines.order import rank_range
 
-    m, beton = _dataset(path)
+    m, beton = open_dataset(path)
     device = torch.device(device)
     share = rank_range(m.num_images, rank, world_size)
-    loader = Loader(beton, batch_size=batch_size, num_workers=_threads(workers), order=OrderOption.SEQUENTIAL,
+    loader = Loader(beton, batch_size=batch_size, num_workers=loader_threads(workers), order=OrderOption.SEQUENTIAL,
                     indices=np.arange(share.start, share.stop), drop_last=False, pipelines={
         IMAGE_FIELD: [CenterCropRGBImageDecoder((size, size), size / resize), *_to_tensor(device)],
         LABEL_FIELD: [IntDecoder(), *_to_tensor(device, Squeeze(1))]})

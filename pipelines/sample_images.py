@@ -25,6 +25,16 @@ def flat_image(size: Size, color: Sequence[int], rng: np.random.Generator, noise
     return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
 
 
+def identify(images, colours: np.ndarray) -> np.ndarray:
+    """The source image of each NCHW crop (a torch tensor, 0-255 scale) of a `make_image_folder`
+    folder, by its mean colour; `colours` holds each file's colour, in file order."""
+    means = images.double().mean((2, 3)).cpu().numpy()
+    distance = np.linalg.norm(means[:, None] - colours[None], axis=2)
+    if distance.min(1).max() >= 8:
+        raise ValueError("a crop's colour matches no source image")
+    return distance.argmin(1)
+
+
 def _pink_noise(h: int, w: int, rng: np.random.Generator, alpha: float) -> np.ndarray:
     """Zero-mean, unit-variance noise with a 1/f**alpha amplitude spectrum."""
     f = np.hypot(np.fft.fftfreq(h)[:, None], np.fft.rfftfreq(w)[None, :])
