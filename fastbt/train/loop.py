@@ -39,9 +39,9 @@ def _pretrain(cfg: Config, world: dist.World) -> Path:
     if step:
         dist.print0(world, f"fastbt: resumed from {resume_from}")
     knn = KnnMonitor(cfg, world, run.derived.steps_per_epoch)
-    progress = Progress(cfg, world, run, run_dir, step)
-    checkpoints = Checkpoints(cfg, world, run, run_dir, progress.watch)
     _announce(world, run, run_dir, step)
+    progress = Progress(cfg, world, run, run_dir, step)  # the log, the bar, the signal handlers
+    checkpoints = Checkpoints(cfg, world, run, run_dir, progress.watch)
     try:
         step, stopped = train(run, step, progress, checkpoints, knn)
         if stopped:
