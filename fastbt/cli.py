@@ -41,11 +41,15 @@ def _pretrain(args: argparse.Namespace) -> None:
     from fastbt import config
     from fastbt.train import loop
 
-    cfg = config.load(args.config, args.overrides)
+    try:
+        cfg = config.load(args.config, args.overrides)
+    except ConfigError as err:
+        err.same_on_every_rank = True  # every rank reads the same command line and file
+        raise
     try:
         loop.pretrain(cfg)
     except (ConfigError, RunDirError):
-        raise  # refused: the run directory stays as it was
+        raise  # refused (or a full disk, a read-only folder): the run directory stays as it was
     except BaseException:
         _draw_curves(cfg.train.out_dir)  # stopped, crashed or interrupted: the run so far
         raise
@@ -56,7 +60,7 @@ def _draw_curves(run_dir: str) -> None:
     """RUN_DIR/curves.png from its log, drawn by rank 0 (a failure to draw is only a warning)."""
     from fastbt import plot
 
-    if os.environ.get("RANK", "0") == "0":
+    if _rank() == 0:
         plot.curves_at_exit(run_dir)
 
 
@@ -354,16 +358,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _rank() -> int:
+    """This process's rank under torchrun (0 without it)."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
     except USER_ERRORS as err:
-        print(f"fastbt {args.command}: error: {err}", file=sys.stderr)
+        if not (getattr(err, "same_on_every_rank", False) and _rank() > 0):  # rank 0 says it once
+            print(f"fastbt {args.command}: error: {err}", file=sys.stderr)
         return 2
     except RunStopped as err:
         print(f"fastbt {args.command}: stopped: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # a second Ctrl-C in pretraining, or one before its loop
+        print(f"fastbt {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

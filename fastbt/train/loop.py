@@ -14,13 +14,32 @@ from pathlib import Path
 
 from fastbt import dist
 from fastbt.config import Config
+from fastbt.errors import ConfigError
+from fastbt.runlog import require_tensorboard
 from fastbt.train import checkpoint, rundir
 from fastbt.train.monitors import Checkpoints, KnnMonitor, NonFiniteLoss, Progress  # noqa: F401
-from fastbt.train.run import Run, build_run
+from fastbt.train.run import Run, build_run, require_data_path
+
+
+def check_paths(cfg: Config) -> None:
+    """Refuse before anything is written: a missing dataset, or a run directory inside it (its
+    files would become samples of a class named after it)."""
+    require_data_path(cfg)
+    data = Path(cfg.data.path).resolve()
+    if not data.exists() and cfg.data.backend in ("ffcv", "dali", "torchvision"):  # a registered
+        # backend may generate its data
+        raise ConfigError(f"data.path {cfg.data.path} does not exist")
+    out = Path(cfg.train.out_dir).resolve()
+    if out == data or data in out.parents:
+        raise ConfigError(f"train.out_dir {cfg.train.out_dir} is inside data.path {cfg.data.path}; "
+                          "the run's files would be read as samples: choose a folder outside it")
+    if cfg.logging.tensorboard:
+        require_tensorboard()
 
 
 def pretrain(cfg: Config) -> Path:
     """Pretrain (or resume) in cfg.train.out_dir; returns it, also when preempted."""
+    check_paths(cfg)
     world = dist.init(cfg.runtime.device, cfg.runtime.dist_timeout_s)
     try:
         with dist.lost_peers_stop_the_run(world), \
@@ -45,8 +64,8 @@ def _pretrain(cfg: Config, world: dist.World) -> Path:
     try:
         step, stopped = train(run, step, progress, checkpoints, knn)
         if stopped:
-            dist.print0(world, f"fastbt: preempted; checkpoint {checkpoints.last} written at step {step}, "
-                               "exiting")
+            dist.print0(world, f"fastbt: {progress.preemption.reason}; checkpoint {checkpoints.last} "
+                               f"written at step {step}, exiting")
             return run_dir
         checkpoints.save(step)
         if world.is_main:

@@ -31,16 +31,21 @@ class NonFiniteLoss(RunStopped):
 
 
 class PreemptionFlag:
-    """SIGTERM / SIGUSR1 (what schedulers send before a kill) set a flag the loop polls."""
+    """SIGTERM / SIGUSR1 (what schedulers send before a kill) and SIGINT (Ctrl-C) set a flag the
+    loop polls. A second Ctrl-C interrupts at once (KeyboardInterrupt)."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
     def __init__(self):
         self.requested = False
+        self.reason = "preempted"
         self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
     def _handle(self, signum, frame):
         self.requested = True
+        if signum == signal.SIGINT:
+            self.reason = "interrupted (Ctrl-C; press it again to stop without a checkpoint)"
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def restore(self):
         for s, handler in self._previous.items():
@@ -60,9 +65,22 @@ class NonFiniteWatch:
     def check(self, last_checkpoint: str | None) -> None:
         step = int(self.first_bad.item())
         if step >= 0:
-            kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else \
-                "no checkpoint was written before it"
-            raise NonFiniteLoss(f"the loss became non-finite at step {step}; stopping ({kept})")
+            raise NonFiniteLoss(f"the loss became non-finite at step {step}; stopping "
+                                f"({_kept(last_checkpoint)})")
+
+
+def check_finite_state(model: torch.nn.Module, step: int, last_checkpoint: str | None) -> None:
+    """Weights and buffers (BN running statistics) must be finite before a checkpoint is written:
+    a finite loss does not prove it. One host sync, at checkpoint time only."""
+    bad = checkpoint.non_finite(model.state_dict())
+    if bad:
+        raise NonFiniteLoss(f"{bad} became non-finite by step {step}; stopping "
+                            f"({_kept(last_checkpoint)})")
+
+
+def _kept(last_checkpoint: str | None) -> str:
+    return f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else \
+        "no checkpoint was written before it"
 
 
 class Progress:
@@ -132,6 +150,7 @@ class Checkpoints:
 
     def save(self, step: int) -> None:
         self.watch.check(self.last)  # never save weights that came from a non-finite loss
+        check_finite_state(self.run.model, step, self.last)  # nor non-finite weights or buffers
         if self.world.is_main:
             self.last = str(checkpoint.save_run(self.run_dir, step, self.run.model, self.run.optimizer,
                                                 self.run.derived.steps_per_epoch, self.cfg))
