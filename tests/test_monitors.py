@@ -14,7 +14,8 @@ CPU = torch.device("cpu")
 def checkpoints(tmp_path, *overrides, total_steps=10):
     cfg = config.load(None, list(overrides))
     world = dist.World(rank=1, local_rank=1, size=2, device=CPU)  # not rank 0: writes nothing
-    run = SimpleNamespace(derived=SimpleNamespace(total_steps=total_steps, steps_per_epoch=5))
+    run = SimpleNamespace(derived=SimpleNamespace(total_steps=total_steps, steps_per_epoch=5),
+                          model=torch.nn.Linear(2, 2))  # finite weights: checked before a save
     return Checkpoints(cfg, world, run, tmp_path, NonFiniteWatch(CPU))
 
 
