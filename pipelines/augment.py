@@ -153,8 +153,34 @@ class ViewParams:
         return [ViewParams(**dict(zip(parts, chunk))) for chunk in zip(*parts.values())]
 
     def to(self, device) -> ViewParams:
-        return ViewParams(**{f.name: _to_device(getattr(self, f.name), device)
-                             for f in dataclasses.fields(self)})
+        return params_to(device, self)[0]
+
+
+def params_to(device, *views: ViewParams) -> list[ViewParams]:
+    """Several views' parameters on `device` through one host-to-device copy.
+
+    Every field is packed (as float32: the bools, the 0..3 of `order` and the factors are exact
+    there) into the rows of one pinned buffer, copied once without blocking; on the device the
+    float fields are views of its rows, the bool and int fields one small kernel each. Per field,
+    that was ~25 small copies per step.
+    """
+    if all(t.device == torch.device(device) for p in views for t in _fields(p)):
+        return list(views)
+    rows = [t.reshape(len(t), -1).T.float() for p in views for t in _fields(p)]
+    packed = _to_device(torch.cat(rows), device).split([len(r) for r in rows])
+    fields = iter(packed)
+    return [ViewParams(**{f.name: _unpack(next(fields), getattr(p, f.name).dtype)
+                          for f in dataclasses.fields(p)}) for p in views]
+
+
+def _fields(p: ViewParams) -> list[Tensor]:
+    return [getattr(p, f.name) for f in dataclasses.fields(p)]
+
+
+def _unpack(rows: Tensor, dtype: torch.dtype) -> Tensor:
+    """(k, N) packed rows -> the field: (N,) for k == 1, else (N, k), in its own dtype."""
+    t = rows[0] if len(rows) == 1 else rows.T
+    return t if dtype == torch.float32 else t.to(dtype)
 
 
 def sample_params(view: ViewSpec, n: int, generator: torch.Generator) -> ViewParams:
@@ -332,9 +358,15 @@ def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     if torch.compiler.is_compiling():  # constants of the compiled code: no copy at run time
         mean, std = (torch.tensor(v, dtype=x.dtype, device=x.device).view(1, -1, 1, 1) for v in (mean, std))
         return (x - mean) / std
-    mean = _to_device(torch.tensor(mean, dtype=x.dtype), x.device).view(1, -1, 1, 1)
-    std = _to_device(torch.tensor(std, dtype=x.dtype), x.device).view(1, -1, 1, 1)
-    return (x - mean).div_(std)
+    return (x - _channel_constants(mean, x)).div_(_channel_constants(std, x))
+
+
+def _channel_constants(values: Sequence[float], x: Tensor) -> Tensor:
+    """(1, C, 1, 1) numbers on x's device, written by fills: no host-to-device copy."""
+    out = x.new_empty(1, len(values), 1, 1)
+    for i, v in enumerate(values):
+        out[:, i].fill_(v)
+    return out
 
 
 # --- a view ----------------------------------------------------------------------------------
@@ -359,12 +391,7 @@ def slot_ops(order: Tensor, template: Sequence[Sequence[int]]) -> Tensor:
     earliest placement embeds any order that embeds at all). Tensor ops only: traceable.
     """
     n, t = order.shape[0], len(template)
-    # nxt[pos, op]: the first slot >= pos allowing op (t if none)
-    nxt = torch.full((t + 1, 4), t, dtype=torch.int64)
-    for pos in range(t - 1, -1, -1):
-        nxt[pos] = nxt[pos + 1]
-        nxt[pos, list(template[pos])] = pos
-    nxt = nxt.to(order.device)
+    nxt = _next_slot_table(template, order.device)
     slots = torch.full((n, t + 1), IDENTITY, dtype=torch.int64, device=order.device)
     pos = torch.zeros(n, dtype=torch.int64, device=order.device)
     for k in range(4):
@@ -373,6 +400,20 @@ def slot_ops(order: Tensor, template: Sequence[Sequence[int]]) -> Tensor:
         slots.scatter_(1, at[:, None], op[:, None])
         pos = at + 1
     return slots[:, :t]  # column t collects what did not embed: no template here leaves any
+
+
+def _next_slot_table(template: Sequence[Sequence[int]], device) -> Tensor:
+    """(t + 1, 4) int64: [pos, op] = the first slot >= pos that allows op (t if none).
+
+    Built on the device from one integer: a fill and a few small kernels, where a table made on
+    the host needs a host-to-device copy (blocking, unless pinned) for every view."""
+    t = len(template)
+    bits = sum(1 << (4 * k + op) for k, allowed in enumerate(template) for op in set(allowed))
+    shifts = torch.arange(4 * t, device=device).view(t, 4)
+    allowed = (torch.full((), bits, dtype=torch.int64, device=device) >> shifts) & 1 == 1
+    slot = torch.arange(t + 1, device=device)
+    later = slot[None, :t, None] >= slot[:, None, None]  # [pos, s, 1]: slot s is at or after pos
+    return torch.where(allowed[None] & later, slot[None, :t, None], t).amin(dim=1)
 
 
 def color_jitter(x: Tensor, p: ViewParams) -> Tensor:
@@ -569,6 +610,11 @@ def augment(x: Tensor, view: ViewSpec, generator: torch.Generator,
 
 def augment_pair(x1: Tensor, x2: Tensor, spec: AugSpec, generator: torch.Generator,
                  dtype: torch.dtype = torch.float32, compiled: bool = False) -> tuple[Tensor, Tensor]:
-    """Both views of a batch of crop pairs: view 1 then view 2 from the same generator."""
-    return (augment(x1, spec.view1, generator, spec.mean, spec.std, dtype, compiled),
-            augment(x2, spec.view2, generator, spec.mean, spec.std, dtype, compiled))
+    """Both views of a batch of crop pairs: view 1 then view 2 from the same generator (the
+    parameters of both reach the device in one copy)."""
+    p1 = sample_params(spec.view1, x1.shape[0], generator)
+    p2 = sample_params(spec.view2, x2.shape[0], generator)
+    p1, p2 = params_to(x1.device, p1, p2)
+    run = compiled_apply_view if compiled else apply_view
+    return (run(x1, spec.view1, p1, spec.mean, spec.std, dtype),
+            run(x2, spec.view2, p2, spec.mean, spec.std, dtype))

@@ -161,8 +161,9 @@ def write_atomically(path: Path, text: str) -> None:
 
 def work(args) -> int:
     """Run the stages from index args.worker on; exit 3 when the smoke stage failed."""
-    from gpu_stages import DRY, GPU, STAGES, Skipped
+    from gpu_stages import DRY, GPU, STAGES, Skipped, use_compile_backend
     sizes = DRY if args.dry_run else GPU
+    use_compile_backend(sizes.compile_backend)
     if sizes.threads:
         import torch
         torch.set_num_threads(sizes.threads)

@@ -53,6 +53,7 @@ class Sizes:
     channels_last: bool = True
     threads: int = 0  # torch's CPU threads (0: torch's default)
     end_to_end_compiled: bool = True  # runtime.compile in the end-to-end stages (as training runs)
+    compile_backend: str = "inductor"  # what every torch.compile in fastbt uses (see use_compile_backend)
 
 
 GPU = Sizes("cuda", "resnet50", (8192, 8192, 8192), batch=256, size=224, steps=15, smoke_batch=16,
@@ -62,8 +63,18 @@ GPU = Sizes("cuda", "resnet50", (8192, 8192, 8192), batch=256, size=224, steps=1
 # One thread: two OpenMP threads on a busy 2-core machine stall at every barrier.
 DRY = Sizes("cpu", "resnet18", (64, 64), batch=8, size=32, steps=3, smoke_batch=4, loss_n=64, loss_d=256,
             reps=2, images=40, image_px=48, window_steps=2, precision="fp32", channels_last=False, threads=1,
-           end_to_end_compiled=False)  # step_compiled proves the compiled step; a cold CPU compile per
-                                       # backend would cost minutes each on 2 busy cores
+            compile_backend="aot_eager")
+
+
+def use_compile_backend(backend: str) -> None:
+    """Make every `torch.compile` in this process use `backend`. The dry run uses aot_eager: dynamo's
+    capture and AOT autograd, where graph breaks, recompiles and the custom ops' fake and autograd
+    registrations can fail as they would on the GPU, without inductor's CPU code generation, which
+    the GPU does not run (it generates Triton kernels) and which took 6.5 minutes for the tiny step
+    alone on a busy 2-core machine."""
+    if backend != "inductor":
+        import functools
+        torch.compile = functools.partial(torch.compile, backend=backend)
 
 
 # ---- shared helpers -----------------------------------------------------------------------------

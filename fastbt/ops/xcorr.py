@@ -160,7 +160,10 @@ class _Standardize(torch.autograd.Function):
         a = z.float() - mean
         var = _sum_rows(a.square(), group) / n  # two passes: no cancellation
         invstd = torch.rsqrt(var + eps)
-        a.mul_(invstd)
+        # In place eagerly (one N x D buffer less). Compiled, out of place: torch 2.11's traced
+        # autograd.Function takes an output made by an in-place op for non-differentiable and
+        # feeds its backward zeros (all-zero gradients); a compiled graph fuses it anyway.
+        a = a * invstd if torch.compiler.is_compiling() else a.mul_(invstd)
         ctx.save_for_backward(a, invstd)
         ctx.mark_non_differentiable(mean, invstd)
         return a, mean, invstd
