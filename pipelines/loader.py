@@ -2,10 +2,10 @@
 
 A backend (FFCV, DALI, torchvision) is a *crop source*: it decodes, random-resized-crops and flips
 both views of each image and hands over uint8 NCHW batches on the target device. `TwoViewLoader`
-adds the photometric half of the recipe through an `Augment`, batched, on that device. Its random
-parameters come from a generator seeded by (seed, rank, epoch, batch index) with
-`pipelines.order.batch_seed`, so a batch's augmentation does not depend on what ran before it: a
-resumed run replays it exactly.
+adds the photometric half of the recipe through an `Augment` (pipelines.augment.view), batched, on
+that device. Its random parameters come from a generator seeded by (seed, rank, epoch, batch index)
+with `pipelines.order.batch_seed`, so a batch's augmentation does not depend on what ran before it:
+a resumed run replays it exactly.
 
     loader.set_epoch(epoch, skip=k)   # batches k.. of `epoch` (a resumed run: k batches were done)
     for view1, view2 in loader: ...   # augmented, batch index k, k + 1, ... for the seeds
@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from typing import Iterator, Protocol
 
-import torch
 from torch import Tensor
 
-from pipelines.augment import AugSpec, augment_pair, normalize, to_float
-from pipelines.order import batch_seed
+from pipelines.augment import Augment, normalize, to_float
+
+__all__ = ["CropSource", "TwoViewLoader", "Augment", "NormalizedBatches"]  # Augment: pipelines.augment.view
 
 
 class CropSource(Protocol):
@@ -33,24 +33,6 @@ class CropSource(Protocol):
         whole epoch, without decoding the first `skip` where the format allows."""
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]: ...  # crops1, crops2, labels
-
-
-class Augment:
-    """The photometric half of the recipe `aug` for a batch of crop pairs: `augment(crops1, crops2,
-    epoch, index)` -> (view1, view2), normalized, in `dtype` (the training dtype: bf16 on CUDA;
-    None: float32), in the crops' memory format, on their device. Its random parameters are a pure
-    function of (seed, rank, epoch, batch index). `compiled`: the chain runs as one
-    torch.compile(fullgraph=True) graph per shape (pipelines.augment.compiled_apply_view)."""
-
-    def __init__(self, aug: AugSpec, seed: int = 0, rank: int = 0, dtype: torch.dtype | None = None,
-                 compiled: bool = False):
-        self.aug, self.seed, self.rank = aug, seed, rank
-        self.dtype = dtype or torch.float32
-        self.compiled = compiled
-
-    def __call__(self, crops1: Tensor, crops2: Tensor, epoch: int, index: int) -> tuple[Tensor, Tensor]:
-        generator = torch.Generator().manual_seed(batch_seed(self.seed, self.rank, epoch, index))
-        return augment_pair(crops1, crops2, self.aug, generator, self.dtype, self.compiled)
 
 
 class TwoViewLoader:

@@ -12,7 +12,7 @@ import collections
 import pytest
 import torch
 
-import pipelines.augment
+import pipelines.augment.view
 from fastbt import dist
 from fastbt.profiling import windows
 from fastbt.train import loop, optim
@@ -53,7 +53,7 @@ def compile_counts(monkeypatch):
     counts = CompileCounts(torch.compile)
     monkeypatch.setattr(torch, "compile", counts)
     # compiled functions made once per process: make them again, through the counter
-    monkeypatch.setattr(pipelines.augment, "_compiled_apply_view", None)
+    monkeypatch.setattr(pipelines.augment.view, "_compiled_apply_view", None)
     monkeypatch.setattr(optim, "_compiled_lars_update", None)
     torch._dynamo.reset()
     yield counts

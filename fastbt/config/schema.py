@@ -143,7 +143,7 @@ class ConvertConfig:
 @dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
-    aug: AugSpec = field(default_factory=AugSpec)  # the two-view recipe (pipelines/augment.py)
+    aug: AugSpec = field(default_factory=AugSpec)  # the two-view recipe (pipelines/augment/)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

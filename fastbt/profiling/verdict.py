@@ -19,7 +19,7 @@ PHASES = INPUT_PHASES + COMPUTE_PHASES
 HINTS = {
     "data_wait": "decode + crop (the crop source): more data.workers, or a faster data.backend",
     "host_to_device": "the host-to-device copy: decode on the device (DALI), pinned memory",
-    "augmentation": "the photometric augmentation on the device (pipelines/augment.py)",
+    "augmentation": "the photometric augmentation on the device (pipelines/augment/)",
     "forward": "the model's forward: runtime.compile, bf16, channels-last",
     "loss": "the loss op: loss.mode, or a smaller projector",
     "backward": "the model's backward: runtime.compile, bf16, channels-last",
