@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from fastbt.config.loader import MAX_CONFIG_BYTES, MAX_DEPTH, MAX_VALUES, read, shown  # noqa: F401
+from fastbt.config.loader import MAX_CONFIG_BYTES, MAX_DEPTH, MAX_VALUES, read, read_yaml, shown  # noqa: F401
 from fastbt.config.schema import (RANGES, Config, ConvertConfig, DataConfig, Derived,  # noqa: F401
                                   EvalConfig, KnnConfig, LinearConfig, LoggingConfig, LossConfig,
                                   ModelConfig, OptimConfig, ProfileConfig, RuntimeConfig, TrainConfig,

@@ -93,7 +93,8 @@ def _parse_yaml(text: str, source: str) -> Any:
         raise ConfigError(f"{source} has a value YAML cannot read: {_cut(str(err))}") from None
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A config file as nested dicts, read with the bounds above; any problem is one ConfigError."""
     source = f"config file {shown(str(path))}"
     try:
         with open(path, "rb") as f:
@@ -166,7 +167,7 @@ def _suggest(key: str, tree: dict[str, Any], prefix: str) -> str:
 def read(tree: dict[str, Any], path: str | Path | None, overrides: typing.Iterable[str]) -> dict[str, Any]:
     """`tree` (the defaults, as nested dicts) <- the YAML file at `path` <- `key.sub=value` overrides."""
     if path is not None:
-        _merge(tree, _read_yaml(Path(path)), source=str(path))
+        _merge(tree, read_yaml(Path(path)), source=str(path))
     for item in overrides:
         key, sep, text = item.partition("=")
         source = f"override {shown(item)}"

@@ -214,7 +214,7 @@ def _check_without_checkpoint(run_dir: Path, cfg: Config) -> None:
     if not (run_dir / CONFIG).exists():
         return
     try:
-        saved = config._read_yaml(run_dir / CONFIG)
+        saved = config.read_yaml(run_dir / CONFIG)
     except Exception as err:  # noqa: BLE001 - any way the file can be wrong: refuse, never replace it
         raise RunDirError(f"{run_dir / CONFIG} cannot be read ({type(err).__name__}) and no checkpoint "
                           "remains; add train.resume=restart to move the old files aside and start "
