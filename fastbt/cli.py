@@ -38,14 +38,30 @@ def _add_config(sub) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> None:
-    from fastbt import config, loop
+    from fastbt import config
+    from fastbt.train import loop
 
     try:
         cfg = config.load(args.config, args.overrides)
     except ConfigError as err:
         err.same_on_every_rank = True  # every rank reads the same command line and file
         raise
-    loop.pretrain(cfg)
+    try:
+        loop.pretrain(cfg)
+    except (ConfigError, RunDirError):
+        raise  # refused (or a full disk, a read-only folder): the run directory stays as it was
+    except BaseException:
+        _draw_curves(cfg.train.out_dir)  # stopped, crashed or interrupted: the run so far
+        raise
+    _draw_curves(cfg.train.out_dir)
+
+
+def _draw_curves(run_dir: str) -> None:
+    """RUN_DIR/curves.png from its log, drawn by rank 0 (a failure to draw is only a warning)."""
+    from fastbt import plot
+
+    if _rank() == 0:
+        plot.curves_at_exit(run_dir)
 
 
 def _add_pretrain(sub) -> None:
@@ -59,7 +75,7 @@ def _add_pretrain(sub) -> None:
 def _export(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from fastbt import checkpoint
+    from fastbt.train import checkpoint
 
     out = Path(args.out)
     if out.is_dir():
@@ -81,13 +97,19 @@ def _add_export(sub) -> None:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from pipelines.convert import convert
-    from pipelines.options import Options
+    import dataclasses
 
-    options = Options(args.format, args.max_resolution, args.jpeg_quality, args.shard_size, args.limit,
-                      args.max_unreadable, args.seed)
+    from fastbt import config
+    from pipelines.convert import convert
+    from pipelines.convert.options import Options
+
+    flags = {key: getattr(args, key) for key in ("format", "max_resolution", "jpeg_quality", "shard_size",
+                                                 "limit", "max_unreadable", "seed", "workers")}
+    settings = dataclasses.replace(config.load(args.config, args.overrides).convert,
+                                   **{k: v for k, v in flags.items() if v is not None})
+    options = Options(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(Options)})
     try:
-        convert(args.src, args.out, options, workers=args.workers, overwrite=args.overwrite)
+        convert(args.src, args.out, options, workers=settings.workers, overwrite=args.overwrite)
     except KeyboardInterrupt:
         print(f"\nfastbt convert: interrupted; run the same command again to resume "
               f"(finished shards are kept in {args.out}.partial)", file=sys.stderr)
@@ -96,38 +118,42 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _add_convert(sub) -> None:
-    from pipelines import options as c  # standard library only; the work is imported by _convert
+    from pipelines.convert import options as c  # standard library only; the config's convert.* defaults
 
     p = sub.add_parser("convert", help="convert an ImageNet-layout folder to FFCV or DALI format",
                        description="Convert SRC/<class>/<image> into the dataset folder OUT: FFCV "
                                    "(OUT/data.beton) or DALI webdataset shards (OUT/shard-*.tar + "
                                    ".idx), with OUT/manifest.json. Labels are the sorted class-folder "
-                                   "names. Rerun the same command to resume an interrupted conversion.")
+                                   "names. Rerun the same command to resume an interrupted conversion. "
+                                   "Settings are the convert.* keys of the config (--config, "
+                                   "convert.key=value overrides); a flag given wins over both.")
     p.add_argument("src", help="ImageNet-layout folder: SRC/<class>/<image>")
     p.add_argument("out", help="dataset folder to create (built in OUT.partial, renamed when done)")
-    p.add_argument("--format", required=True, choices=c.FORMATS)
-    p.add_argument("--max-resolution", type=int, default=c.MAX_RESOLUTION, metavar="R",
-                   help="resize so the longest side is at most R (default %(default)s)")
-    p.add_argument("--jpeg-quality", type=int, default=c.JPEG_QUALITY, metavar="Q",
-                   help="JPEG quality of the stored images (default %(default)s)")
-    p.add_argument("--workers", type=int, default=None, metavar="W",
+    p.add_argument("overrides", nargs="*", metavar="convert.key=value", help="override a config value")
+    p.add_argument("--config", help="YAML config whose convert section to use (default: configs/base.yaml's)")
+    p.add_argument("--format", required=True, choices=c.formats())
+    p.add_argument("--max-resolution", type=int, metavar="R",
+                   help=f"resize so the longest side is at most R (default {c.MAX_RESOLUTION})")
+    p.add_argument("--jpeg-quality", type=int, metavar="Q",
+                   help=f"JPEG quality of the stored images (default {c.JPEG_QUALITY})")
+    p.add_argument("--workers", type=int, metavar="W",
                    help="processes (default: all CPU cores available)")
-    p.add_argument("--shard-size", type=int, default=c.SHARD_SIZE, metavar="S",
-                   help="images per shard (default %(default)s); the unit of parallelism and resume")
-    p.add_argument("--limit", type=int, default=None, metavar="N",
+    p.add_argument("--shard-size", type=int, metavar="S",
+                   help=f"images per shard (default {c.SHARD_SIZE}); the unit of parallelism and resume")
+    p.add_argument("--limit", type=int, metavar="N",
                    help="convert only N files, evenly spread over the sorted list (quick trials)")
-    p.add_argument("--max-unreadable", type=float, default=c.MAX_UNREADABLE, metavar="F",
+    p.add_argument("--max-unreadable", type=float, metavar="F",
                    help="fail if more than this fraction of image files cannot be decoded "
-                        "(default %(default)s)")
-    p.add_argument("--seed", type=int, default=c.SEED,
-                   help="seed of the shuffle that spreads the images over the shards (default %(default)s; "
+                        f"(default {c.MAX_UNREADABLE})")
+    p.add_argument("--seed", type=int,
+                   help=f"seed of the shuffle that spreads the images over the shards (default {c.SEED}; "
                         "recorded in the manifest: the same seed gives the same dataset)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=_convert)
 
 
 def _inspect(args: argparse.Namespace) -> None:
-    from pipelines.verify import inspect
+    from pipelines.convert import inspect
 
     if args.sample is not None and args.sample < 1:
         raise DataError(f"--sample {args.sample}: expected 1 or more images to decode (or leave it out: all)")
@@ -149,7 +175,7 @@ def _add_inspect(sub) -> None:
 def _eval(args: argparse.Namespace) -> None:
     import json
 
-    from fastbt.eval_config import eval_setup
+    from fastbt.eval.setup import eval_setup
 
     if args.protocol == "knn":
         _check_writable_file(args.out)  # now, not after the whole evaluation
@@ -158,11 +184,11 @@ def _eval(args: argparse.Namespace) -> None:
     cfg = setup.cfg
     print(f"fastbt eval {args.protocol}: {setup.describe()}", flush=True)  # stderr: errors only
     if args.protocol == "knn":
-        from fastbt.evaluate import knn_eval
+        from fastbt.eval.protocol import knn_eval
 
         result = knn_eval(cfg, args.weights, out=args.out)
     else:
-        from fastbt.linear_probe import linear_probe
+        from fastbt.eval.linear import linear_probe
 
         result = linear_probe(cfg, args.weights, cached=args.cached_features, out_dir=args.out)
     print(json.dumps(result, indent=1))
@@ -191,7 +217,7 @@ def _add_eval(sub) -> None:
         q.add_argument("--train", help="labeled train set (default: eval.train)")
         q.add_argument("--val", help="labeled val set (default: eval.val)")
         q.add_argument("--arch", help="backbone architecture: any torchvision classification model "
-                                      "(fastbt.model.ARCHS), e.g. resnet50 (default: model.arch of "
+                                      "(fastbt.train.model.ARCHS), e.g. resnet50 (default: model.arch of "
                                       "the config: the run's, else resnet50)")
         q.add_argument("--config", help="YAML config (default: the config.yaml beside the weights, "
                                         "if any)")
@@ -218,7 +244,7 @@ def _check_writable_file(path: str | None) -> None:
 
 
 def _read_reports(paths: list[str]) -> list[dict]:
-    from fastbt import report
+    from fastbt.profiling import report
 
     reports = []
     for path in paths:
@@ -234,7 +260,7 @@ def _read_reports(paths: list[str]) -> list[dict]:
 
 def _profile(args: argparse.Namespace) -> None:
     if args.compare:
-        from fastbt import report
+        from fastbt.profiling import report
 
         a, b = _read_reports(args.compare)
         try:
@@ -247,7 +273,8 @@ def _profile(args: argparse.Namespace) -> None:
         raise ConfigError("give a CONFIG to profile, or --compare A.json B.json")
     if args.out is not None and os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ConfigError(f"--out {args.out}: is a file; profile writes a folder of reports there")
-    from fastbt import config, profile, sweep
+    from fastbt import config
+    from fastbt.profiling import sweep, windows
 
     steps = [f"profile.steps={args.steps}"] if args.steps is not None else []
     overrides = [*args.overrides, *steps]
@@ -256,7 +283,7 @@ def _profile(args: argparse.Namespace) -> None:
         sweep.sweep(args.config, overrides, sweep.parse(args.sweep),
                     args.out or f"{cfg.train.out_dir}/profile_sweep", args.one_at_a_time)
     else:
-        profile.profile(cfg, args.out or f"{cfg.train.out_dir}/profile")
+        windows.profile(cfg, args.out or f"{cfg.train.out_dir}/profile")
 
 
 def _add_profile(sub) -> None:

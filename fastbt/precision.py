@@ -1,6 +1,6 @@
 """How the model's arithmetic runs on a device: autocast dtype and memory format (`runtime.*`).
 
-Training (`fastbt.step`) and frozen-feature evaluation use the same answers, so features are
+Training (`fastbt.train.step`) and frozen-feature evaluation use the same answers, so features are
 extracted the way the backbone was trained.
 """
 

@@ -1,25 +1,46 @@
-"""Data in for fastbt: dataset formats (FFCV .beton, DALI webdataset shards) and two-view loaders.
+"""Data in for fastbt: dataset formats (FFCV .beton, DALI webdataset shards, image folders) and the
+two-view loader.
 
-`BACKENDS` is the one table of data backends: name -> the functions that read it. Adding a backend
-is one crop-source function (and an evaluation one) plus one `register` call (or line below).
-This package never imports `fastbt`: it can be used (and tested) on its own.
+    pipelines/
+      backends.py          the registry: name -> Backend(crops, eval_crops, writer), refuses duplicates
+      ffcv_backend/ dali_backend/ torchvision_backend/    one folder per backend, reader and writer
+      convert/             source scan, shards, journal, manifest, the convert driver, inspect
+      augment/             the recipe (AugSpec, ViewSpec) and the batched photometric ops
+      loader.py            TwoViewLoader (set_epoch(epoch, skip), iter -> views), Augment
+      order.py, crop_params.py, resolution.py, errors.py
+
+`BACKENDS` is the one table of data backends. Adding a backend is one folder whose `__init__`
+registers one entry (`register(name, Backend(...))`), imported below. This package never imports
+`fastbt`: it can be used (and tested) on its own; importing it imports no torch, ffcv nor DALI.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.backends import BACKENDS, Backend, backend, register, resolve
+from pipelines.backends import BACKENDS, Backend, Writer, backend, register
 
-__all__ = ["BACKENDS", "Backend", "backend", "register", "resolve", "detect_format", "build_loader",
-           "build_eval_loader"]
+# The built-in backends, each registering itself (light: their functions import the libraries).
+from pipelines import ffcv_backend, dali_backend, torchvision_backend  # noqa: E402,F401  isort: skip
+
+__all__ = ["BACKENDS", "Backend", "Writer", "backend", "register", "detect_format", "build_loader",
+           "build_eval_loader", "TwoViewLoader", "Augment"]
+
+
+def __getattr__(name: str):
+    """`pipelines.TwoViewLoader`, `pipelines.Augment`: imported when first asked for (torch)."""
+    if name in ("TwoViewLoader", "Augment"):
+        from pipelines import loader
+
+        return getattr(loader, name)
+    raise AttributeError(f"module 'pipelines' has no attribute {name!r}")
 
 
 def detect_format(path: str | Path) -> str:
     """The backend that reads `path` as it is: the format its manifest.json names when it is a
     converted dataset (the folder, or a file in it), else the first backend that reads image
     folders in place (torchvision)."""
-    from pipelines import manifest  # lazily: `import pipelines` stays light (no json, no metadata)
+    from pipelines.convert import manifest  # lazily: `import pipelines` stays light (no json, no metadata)
 
     if manifest.manifest_path(Path(path)).is_file():
         return manifest.read(path).format
@@ -35,12 +56,12 @@ def build_loader(backend_name: str, path: str, *, aug, batch_size: int, device, 
 
     Every backend yields the same shapes and dtype; they differ in where decoding happens.
     """
-    from pipelines.loader import TwoViewLoader
+    from pipelines.loader import Augment, TwoViewLoader
 
-    make_crops = resolve(backend(backend_name).crops)
+    make_crops = backend(backend_name).crops
     crops = make_crops(path, aug=aug, batch_size=batch_size, device=device, rank=rank,
                        world_size=world_size, seed=seed, workers=workers)
-    return TwoViewLoader(crops, aug, seed=seed, rank=rank, dtype=dtype, compiled=compiled)
+    return TwoViewLoader(crops, Augment(aug, seed=seed, rank=rank, dtype=dtype, compiled=compiled))
 
 
 def build_eval_loader(backend_name: str, path: str, *, size: int, resize: int, mean, std, batch_size: int,
@@ -48,6 +69,6 @@ def build_eval_loader(backend_name: str, path: str, *, size: int, resize: int, m
     """Iterates (images, labels) for evaluation: every image once, in dataset order (this rank's
     contiguous share when world_size > 1), resized so the short side is `resize`, center-cropped
     to `size`, normalized; float32 on `device`. The last batch may be smaller."""
-    make = resolve(backend(backend_name).eval_crops)
+    make = backend(backend_name).eval_crops
     return make(path, size=size, resize=resize, mean=mean, std=std, batch_size=batch_size,
                 device=device, rank=rank, world_size=world_size, workers=workers)

@@ -1,55 +1,77 @@
-"""The table of data backends: name -> the functions that read it (standard library only).
+"""The table of data backends: name -> the functions that read (and, for a converted format, write)
+a dataset. Standard library only, and a leaf: each backend folder (`pipelines/<name>_backend/`)
+registers its own entry when `pipelines` is imported, so the manifest, the options and the
+converter read the table without importing any backend's library.
 
-A leaf module: `pipelines.options` (and through it the manifest) reads it without importing the
-package's loaders, so the package, its options and its manifest import no cycle.
+A backend is one folder plus one `register` call. Its entry holds functions, not names: small
+functions of the backend's `__init__` that import ffcv / nvidia.dali inside them (`import ffcv`
+alone takes seconds; the GPU machine has neither library).
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Callable, Optional
 
-Ref = Union[str, Callable]  # a function, or "module:function", imported on first use
+
+@dataclass(frozen=True)
+class Writer:
+    """The writer half of a converted format: what `fastbt convert` does for it beyond writing the
+    webdataset shards every format starts from (pipelines.convert.shards), and how `fastbt inspect`
+    checks what it wrote.
+
+    pack(partial, shard_dir, results, workers, progress) -> [DataFile]: after every shard is
+        written (results: ShardResults by index), make the dataset's data files in `partial` and
+        list them for the manifest (DALI: the shards themselves; FFCV: one .beton packed from them).
+    check_files(files) -> None or the problem of a manifest's file list ("an ffcv dataset has one
+        .beton").
+    verify(manifest, chosen, skip) -> (labels, problems, decoded): the deep check of `inspect`.
+    shard_files(result) -> names of the files written next to each shard (DALI: its index),
+        committed with it; `write_shard_files(folder, result)` writes them (in the shard's worker,
+        as <name>.tmp), `check_shard_files(folder, result)` checks them on resume (None if fine).
+    spooled: the shards are an intermediate (in OUT.partial/shards/), deleted once packed.
+    """
+
+    pack: Callable
+    check_files: Callable
+    verify: Callable
+    shard_files: Callable = lambda result: []
+    write_shard_files: Optional[Callable] = None
+    check_shard_files: Callable = lambda folder, result: None
+    spooled: bool = False
 
 
 @dataclass(frozen=True)
 class Backend:
-    """How one data backend reads a dataset. Each function is given as "module:function" (imported
-    when first called: `import ffcv` alone takes seconds) or as the function itself.
+    """How one data backend reads a dataset (and writes it, for a format `convert` makes).
 
     crops(path, *, aug, batch_size, device, rank, world_size, seed, workers) -> a CropSource
         (pipelines.loader): uint8 random-resized-crop + flip pairs, this rank's share of a seeded
-        per-epoch order (pipelines.order), the last partial batch dropped.
+        per-epoch order (pipelines.order), the last partial batch dropped; `set_epoch(e, skip)`.
     eval_crops(path, *, size, resize, mean, std, batch_size, device, rank, world_size, workers)
         -> re-iterable (float images, labels) batches: every image once, in dataset order.
-    verify(manifest, chosen, skip) -> (labels, problems, decoded): `fastbt inspect`'s deep check of
-        a converted dataset; None for a backend that reads image folders in place.
+    writer: the format's writer half (`Writer`); None for a backend that reads image folders in place.
     """
 
-    crops: Ref
-    eval_crops: Ref
-    verify: Ref | None = None
+    crops: Callable
+    eval_crops: Callable
+    writer: Optional[Writer] = None
 
     @property
     def converted(self) -> bool:
         """Reads what `fastbt convert` writes (a folder whose manifest.json names this backend's
         format), rather than an image folder as it is."""
-        return self.verify is not None
+        return self.writer is not None
 
 
-BACKENDS: dict[str, Backend] = {
-    "ffcv": Backend("pipelines.ffcv_data:ffcv_crops", "pipelines.ffcv_data:ffcv_center_crops",
-                    verify="pipelines.verify:verify_ffcv"),
-    "dali": Backend("pipelines.dali_data:dali_crops", "pipelines.dali_data:dali_center_crops",
-                    verify="pipelines.verify:verify_dali"),
-    "torchvision": Backend("pipelines.torchvision_data:torchvision_crops",
-                           "pipelines.torchvision_data:center_crop_loader"),
-}
+BACKENDS: dict[str, Backend] = {}
 
 
 def register(name: str, backend: Backend) -> None:
-    """Add (or replace) a backend: `data.backend` then accepts `name`."""
+    """Add a backend: `data.backend` (and, with a writer, `convert --format`) then accepts `name`.
+    A name is registered once: a second registration raises (it would replace the first silently)."""
+    if name in BACKENDS:
+        raise ValueError(f"data backend {name!r} is already registered")
     BACKENDS[name] = backend
 
 
@@ -60,9 +82,6 @@ def backend(name: str) -> Backend:
         raise ValueError(f"unknown data backend {name!r}; choose one of {', '.join(BACKENDS)}") from None
 
 
-def resolve(ref: Ref) -> Callable:
-    """The function a Backend field names."""
-    if callable(ref):
-        return ref
-    module, _, name = ref.partition(":")
-    return getattr(importlib.import_module(module), name)
+def formats() -> tuple[str, ...]:
+    """The formats `convert` writes: the backends with a writer (ffcv, dali)."""
+    return tuple(name for name, b in BACKENDS.items() if b.converted)

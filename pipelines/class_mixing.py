@@ -30,7 +30,7 @@ def mean_distinct(label_batches: Iterable) -> float:
 def class_sorted_shards():
     """Within the block, conversions assign samples to shards in source order (sorted by class,
     then path), as fastbt did before shuffled shards: the 'before' of the mixing figures."""
-    with mock.patch("pipelines.shards.shuffled_order", lambda n, seed: np.arange(n)):
+    with mock.patch("pipelines.convert.shards.shuffled_order", lambda n, seed: np.arange(n)):
         yield
 
 

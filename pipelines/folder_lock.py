@@ -1,6 +1,6 @@
 """One process per folder: an flock on a lock file inside it, naming its holder (PID and host).
 
-Used by pretraining run directories (fastbt.rundir) and by unfinished conversions (OUT.partial).
+Used by pretraining run directories (fastbt.train.rundir) and by unfinished conversions (OUT.partial).
 The OS drops an flock when its process dies, so a killed run leaves no stale lock.
 """
 

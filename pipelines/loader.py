@@ -2,67 +2,74 @@
 
 A backend (FFCV, DALI, torchvision) is a *crop source*: it decodes, random-resized-crops and flips
 both views of each image and hands over uint8 NCHW batches on the target device. `TwoViewLoader`
-adds the photometric half of the recipe with `pipelines.augment`, batched, on that device. Its
-random parameters come from a generator seeded by (seed, rank, epoch, batch index) with
-`pipelines.order.batch_seed`, so a batch's augmentation does not depend on what ran before it: a
-resumed run replays it exactly.
+adds the photometric half of the recipe through an `Augment` (pipelines.augment.view), batched, on
+that device. Its random parameters come from a generator seeded by (seed, rank, epoch, batch index)
+with `pipelines.order.batch_seed`, so a batch's augmentation does not depend on what ran before it:
+a resumed run replays it exactly.
+
+    loader.set_epoch(epoch, skip=k)   # batches k.. of `epoch` (a resumed run: k batches were done)
+    for view1, view2 in loader: ...   # augmented, batch index k, k + 1, ... for the seeds
 """
 
 from __future__ import annotations
 
 from typing import Iterator, Protocol
 
-import torch
 from torch import Tensor
 
-from pipelines.augment import AugSpec, augment_pair, normalize, to_float
-from pipelines.order import batch_seed
+from pipelines.augment import Augment, normalize, to_float
+
+__all__ = ["CropSource", "TwoViewLoader", "Augment", "NormalizedBatches"]  # Augment: pipelines.augment.view
 
 
 class CropSource(Protocol):
     dataset_size: int  # images in the whole dataset (all ranks)
     num_classes: int
 
-    def __len__(self) -> int: ...  # batches per epoch, for this rank
+    def __len__(self) -> int: ...  # batches per (whole) epoch, for this rank
 
-    def set_epoch(self, epoch: int) -> None: ...
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """The next iteration yields batches skip, skip + 1, ... of `epoch`: exactly those of a
+        whole epoch, without decoding the first `skip` where the format allows."""
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]: ...  # crops1, crops2, labels
 
 
 class TwoViewLoader:
-    """Iterates (view1, view2): normalized views in `dtype` (the training dtype: bf16 on CUDA; None:
-    float32), in the crops' memory format, on the device. `compiled`: the photometric chain runs
-    as one torch.compile(fullgraph=True) graph per shape (pipelines.augment.compiled_apply_view)."""
+    """Iterates (view1, view2) for the rest of the epoch chosen by `set_epoch(epoch, skip)`: the
+    crop source's batches `skip`.. through `augment`, the batch index continuing from `skip`.
+    `len()`: batches per whole epoch. `crop_batches()`: the same batches before augmentation, as
+    (index, crops1, crops2), for code that times or augments them itself."""
 
-    def __init__(self, crops: CropSource, aug: AugSpec, seed: int = 0, rank: int = 0,
-                 dtype: torch.dtype | None = None, compiled: bool = False):
+    def __init__(self, crops: CropSource, augment: Augment):
         self.crops = crops
-        self.aug = aug
-        self.seed = seed
-        self.rank = rank
-        self.dtype = dtype or torch.float32
-        self.compiled = compiled
-        self.epoch = 0
+        self.augment = augment
+        self.epoch, self.skip = 0, 0
 
     @property
     def dataset_size(self) -> int:
         return self.crops.dataset_size
 
+    @property
+    def num_classes(self) -> int:
+        return self.crops.num_classes
+
     def __len__(self) -> int:
         return len(self.crops)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self.crops.set_epoch(epoch)
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        if not 0 <= skip <= len(self):
+            raise ValueError(f"skip {skip}: expected 0 to {len(self)} (batches per epoch)")
+        self.epoch, self.skip = epoch, skip
+        self.crops.set_epoch(epoch, skip)
 
-    def augment(self, crops1: Tensor, crops2: Tensor, index: int) -> tuple[Tensor, Tensor]:
-        generator = torch.Generator().manual_seed(batch_seed(self.seed, self.rank, self.epoch, index))
-        return augment_pair(crops1, crops2, self.aug, generator, self.dtype, self.compiled)
+    def crop_batches(self) -> Iterator[tuple[int, Tensor, Tensor]]:
+        for index, (crops1, crops2, _labels) in enumerate(self.crops, start=self.skip):
+            yield index, crops1, crops2
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        for index, (crops1, crops2, _labels) in enumerate(self.crops):
-            yield self.augment(crops1, crops2, index)
+        for index, crops1, crops2 in self.crop_batches():
+            yield self.augment(crops1, crops2, self.epoch, index)
 
 
 class NormalizedBatches:

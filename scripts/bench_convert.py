@@ -42,8 +42,8 @@ from PIL import Image  # noqa: E402
 
 from pipelines.sample_images import natural_image  # noqa: E402
 from pipelines.convert import convert  # noqa: E402
-from pipelines.options import JPEG_QUALITY, MAX_RESOLUTION, Options  # noqa: E402
-from pipelines.source import RESAMPLE, fit_within  # noqa: E402
+from pipelines.convert.options import JPEG_QUALITY, MAX_RESOLUTION, Options  # noqa: E402
+from pipelines.convert.source import RESAMPLE, fit_within  # noqa: E402
 
 IMAGENET_TRAIN = 1_281_167
 PROJECT_CORES = 32

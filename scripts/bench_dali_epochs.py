@@ -61,7 +61,7 @@ def make_data(folder: Path, images: int, workers: int) -> str:
     sys.path.insert(0, str(ROOT))
     from pipelines.sample_images import make_image_folder
     from pipelines.convert import convert
-    from pipelines.options import Options
+    from pipelines.convert.options import Options
 
     make_image_folder(folder / "src", classes=[f"c{i}" for i in range(8)], per_class=images // 8,
                       size=[(500, 375), (375, 500)], natural=True)

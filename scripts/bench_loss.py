@@ -8,7 +8,7 @@ and its per-rank FLOPs and bytes communicated for W ranks.
 Per-rank table (first): global batch --global-batch, width --global-dim, inputs in --dtype. W=1
 FLOPs are counted by torch.utils.flop_counter.FlopCounterMode over a forward+backward on the meta
 device (no arithmetic runs; the custom ops count through their registered formulas); W > 1 rows
-are analytic (fastbt.ops.xcorr.loss_cost), as are bytes. "before" is the previous design, in which
+are analytic (fastbt.train.ops.xcorr.loss_cost), as are bytes. "before" is the previous design, in which
 every rank computed both full N x N Grams and the whole gradient: 8 N^2 D flops whatever W.
 
 Timing: fp32 on --device (CPU by default). Each (implementation, D) runs in a fresh subprocess, so that one case's memory
@@ -43,7 +43,7 @@ def run_case(impl, n, d, reps, budget, mode, threads, device="cpu"):
     if threads:
         torch.set_num_threads(threads)
 
-    from fastbt.ops import barlow_twins_loss, reference_loss
+    from fastbt.train.ops import barlow_twins_loss, reference_loss
     lambd = paper_lambd()
     loss_fn = (lambda z1, z2: reference_loss(z1, z2, lambd)) if impl == "reference" else (
         lambda z1, z2: barlow_twins_loss(z1, z2, lambd, mode=mode))
@@ -91,7 +91,7 @@ def counted_flops(mode, n, d, dtype):
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from fastbt.ops import barlow_twins_loss
+    from fastbt.train.ops import barlow_twins_loss
     z1, z2 = (torch.empty(n, d, device="meta", dtype=dtype, requires_grad=True) for _ in range(2))
     with FlopCounterMode(display=False) as counter:
         barlow_twins_loss(z1, z2, paper_lambd(), mode=mode).backward()
@@ -101,7 +101,7 @@ def counted_flops(mode, n, d, dtype):
 def per_rank_table(args):
     import torch
 
-    from fastbt.ops.xcorr import FLOPS_PER_BYTE, choose_mode, loss_cost
+    from fastbt.train.ops.xcorr import FLOPS_PER_BYTE, choose_mode, loss_cost
     n, d = args.global_batch, args.global_dim
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     size = dtype.itemsize

@@ -3,7 +3,7 @@ one run, interleaved.
 
     .venv/bin/python scripts/bench_optim.py [--arch resnet50] [--projector 8192 8192 8192] [--reps 7]
 
-Parameters of the Barlow Twins model (`fastbt.model.build_model`) with random gradients; each
+Parameters of the Barlow Twins model (`fastbt.train.model.build_model`) with random gradients; each
 round times one step of each optimizer (same parameters and state shapes); the first step of each
 (momentum buffers, compilation) is excluded and the compile time printed. Prints the median and
 the min-max spread of each, and the eager/compiled ratio of the medians.
@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from fastbt.model import build_model
-from fastbt.optim import build_optimizer, set_lr
+from fastbt.train.model import build_model
+from fastbt.train.optim import build_optimizer, set_lr
 
 
 def time_lars(arch: str, projector, device: str, reps: int) -> dict:

@@ -79,11 +79,11 @@ from pipelines.augment import AugSpec, augment_pair  # noqa: E402
 from pipelines.class_mixing import (class_sorted_shards, expected_distinct, mean_distinct,  # noqa: E402
                                     streamed_label_batches)
 from pipelines.convert import convert  # noqa: E402
-from pipelines.loader import TwoViewLoader  # noqa: E402
-from pipelines.manifest import MANIFEST_NAME, load  # noqa: E402
-from pipelines.options import JPEG_QUALITY, MAX_RESOLUTION, Options  # noqa: E402
+from pipelines.convert.manifest import MANIFEST_NAME, load  # noqa: E402
+from pipelines.convert.options import JPEG_QUALITY, MAX_RESOLUTION, Options  # noqa: E402
+from pipelines.loader import Augment, TwoViewLoader  # noqa: E402
 from pipelines.sample_images import make_image_folder  # noqa: E402
-from pipelines.torchvision_data import official_transform  # noqa: E402
+from pipelines.torchvision_backend.official import official_transform  # noqa: E402
 
 CLASSES = 8
 SIZES = [(500, 375), (375, 500)]
@@ -128,7 +128,8 @@ def decode_only_batches(path: str, batch: int, workers: int):
     with FFCV's libjpeg-turbo binding (as the FFCV loader decodes), a batch at a time."""
     from ffcv.libffcv import imdecode
 
-    from pipelines.ffcv_data import beton_contents, open_dataset
+    from pipelines.ffcv_backend.beton import beton_contents
+    from pipelines.ffcv_backend.reader import open_dataset
 
     _, widths, heights, jpeg = beton_contents(Path(open_dataset(path)[1]))
     jpegs = [np.frombuffer(jpeg(i), np.uint8) for i in range(len(widths))]
@@ -157,8 +158,8 @@ def stock_two_decoder_batches(path: str, aug: AugSpec, batch: int, workers: int)
     from ffcv.pipeline import PipelineSpec
     from ffcv.transforms import RandomHorizontalFlip
 
-    from pipelines.ffcv_data import loader_threads, open_dataset
-    from pipelines.ffcv_ops import EpochOrder
+    from pipelines.ffcv_backend.reader import loader_threads, open_dataset
+    from pipelines.ffcv_backend.ops import EpochOrder
 
     def view(v):
         return RandomResizedCropRGBImageDecoder((aug.size, aug.size), v.crop_scale, v.crop_ratio), \
@@ -274,12 +275,12 @@ def mixing(root: Path, classes: int, batch: int, buffer_shards: int, workers: in
 def backend_rows(backend: str, name: str, crops, aug: AugSpec, dtype) -> list:
     """A backend's end-to-end rows over one warm crop source: the path training takes (the chain
     compiled, views in the training dtype: pipelines.build_loader(..., dtype=, compiled=True) as
-    fastbt.run does with runtime.compile on) and the eager chain beside it."""
+    fastbt.train.run does with runtime.compile on) and the eager chain beside it."""
     dtype_name = str(dtype or torch.float32).removeprefix("torch.")
     return [(f"{name}, end to end (compiled, {dtype_name}: as training)",
-             lambda: epochs_of(TwoViewLoader(crops(backend), aug, dtype=dtype, compiled=True)), None),
+             lambda: epochs_of(TwoViewLoader(crops(backend), Augment(aug, dtype=dtype, compiled=True))), None),
             (f"{name}, end to end (eager, {dtype_name})",
-             lambda: epochs_of(TwoViewLoader(crops(backend), aug, dtype=dtype)), None)]
+             lambda: epochs_of(TwoViewLoader(crops(backend), Augment(aug, dtype=dtype))), None)]
 
 
 def build_rows(args, paths: dict[str, str], aug: AugSpec, device: torch.device) -> list:

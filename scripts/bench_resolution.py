@@ -24,11 +24,12 @@ from pathlib import Path
 
 import torch
 
-from fastbt import config, verdict
-from fastbt.losses import build_loss
-from fastbt.model import build_model
-from fastbt.optim import build_optimizer
-from fastbt.step import TrainStep
+from fastbt import config
+from fastbt.profiling import verdict
+from fastbt.train.losses import build_loss
+from fastbt.train.model import build_model
+from fastbt.train.optim import build_optimizer
+from fastbt.train.step import TrainStep
 from pipelines.resolution import sizes
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,8 +1,8 @@
 """The stages of scripts/gpu_check.py, each a function of (sizes, scratch folder) -> its figures.
 
-Every stage builds what it times with fastbt's own builders (`fastbt.run.build_train_step`,
+Every stage builds what it times with fastbt's own builders (`fastbt.train.run.build_train_step`,
 `pipelines.augment.augment_pair`, the loss op through scripts/bench_loss.py, LARS through
-scripts/bench_optim.py, the profiler's windows through `fastbt.profile.measure`), so the dry run
+scripts/bench_optim.py, the profiler's windows through `fastbt.profiling.windows.measure`), so the dry run
 (`Sizes` DRY: CPU, a tiny model, small sizes) runs the same code as the GPU run (`Sizes` GPU).
 A stage that cannot run here raises `Skipped`; any other exception is a failed stage.
 Nothing here imports ffcv or DALI unless their stage runs.
@@ -104,9 +104,9 @@ class StepRig:
     """generated uint8 crops -> the real augmentation -> the real TrainStep, one call per step."""
 
     def __init__(self, sizes: Sizes, compiled: bool, batch: int):
-        from fastbt.optim import set_lr
+        from fastbt.train.optim import set_lr
         from fastbt.precision import autocast_dtype
-        from fastbt.run import build_train_step
+        from fastbt.train.run import build_train_step
         self.cfg = training_config(sizes, compiled, batch)
         world = one_process(sizes.device)
         self.model, self.optimizer, self.train_step = build_train_step(self.cfg, world)
@@ -185,7 +185,7 @@ def installed(module: str) -> bool:
 # ---- the stages ---------------------------------------------------------------------------------
 
 def env(sizes: Sizes, scratch: Path) -> dict:
-    from fastbt import environment
+    from fastbt.profiling import environment
     device = torch.device(sizes.device)
     found = environment.collect(device)
     versions = found.pop("versions")
@@ -286,7 +286,7 @@ def lars(sizes: Sizes, scratch: Path) -> dict:
 
 
 def generated_jpegs(sizes: Sizes, scratch: Path) -> Path:
-    from fastbt.demo_data import SHAPES, make_demo_folder
+    from fastbt.demo.data import SHAPES, make_demo_folder
     folder = scratch / "jpegs"
     if not (folder / "done").exists():
         make_demo_folder(folder, per_class=-(-sizes.images // len(SHAPES)), size=sizes.image_px)
@@ -296,7 +296,7 @@ def generated_jpegs(sizes: Sizes, scratch: Path) -> Path:
 
 def converted(folder: Path, scratch: Path, backend: str) -> Path:
     from pipelines.convert import convert
-    from pipelines.options import Options
+    from pipelines.convert.options import Options
     out = scratch / backend
     if not out.exists():
         convert(folder, out, Options(format=backend, max_resolution=max(64, _side(folder))),
@@ -313,14 +313,14 @@ def _side(folder: Path) -> int:
 def end_to_end(sizes: Sizes, scratch: Path, backend: str) -> dict:
     """The profiler's windows (loader alone, step alone, end to end) over generated JPEGs with
     nproc workers, compiled as training runs: bound by the loader or the step?"""
-    from fastbt import profile
+    from fastbt.profiling import windows
     folder = generated_jpegs(sizes, scratch)
     path = folder if backend == "torchvision" else converted(folder, scratch, backend)
     workers = len(os.sched_getaffinity(0))
     cfg = training_config(sizes, sizes.end_to_end_compiled, sizes.batch, f"data.backend={backend}", f"data.path={path}",
                           f"data.workers={workers}", f"train.out_dir={scratch / 'run'}",
                           f"profile.steps={sizes.window_steps}", "profile.repeats=2", "profile.warmup_steps=2")
-    measured = profile.measure(cfg, one_process(sizes.device), scratch)
+    measured = windows.measure(cfg, one_process(sizes.device), scratch)
     rates = {k: round(v, 1) for k, v in measured["global_pairs_per_s"].items()}
     return {"backend": backend, "workers": workers, "batch": sizes.batch, "compiled": sizes.end_to_end_compiled,
             **{f"{k}_pairs_per_s": v for k, v in rates.items()},

@@ -24,7 +24,7 @@ def tiny():
 @pytest.fixture(scope="session")
 def images(tmp_path_factory):
     """80 generated 40 px images in 10 class folders: 5 steps per epoch at batch 16."""
-    from fastbt.demo_data import make_demo_folder
+    from fastbt.demo.data import make_demo_folder
 
     root = tmp_path_factory.mktemp("shapes")
     make_demo_folder(root, per_class=8, size=40)
@@ -39,3 +39,77 @@ def tiny_config(tiny):
     def make(images, out_dir, *extra):
         return config.load(None, [*tiny, f"data.path={images}", f"train.out_dir={out_dir}", *extra])
     return make
+
+
+# ---- fastbt: generated labeled sets, shared by the training and evaluation tests ----------------
+
+@pytest.fixture(scope="session")
+def shapes(tmp_path_factory):
+    """The demo's shapes at 40 px, labeled: train/ (80 images) and val/ (40 other images)."""
+    from fastbt.demo.data import make_demo_folder
+
+    root = tmp_path_factory.mktemp("labeled_shapes")
+    make_demo_folder(root / "train", per_class=8, size=40, seed=0)
+    make_demo_folder(root / "val", per_class=4, size=40, seed=1)
+    return root
+
+
+# ---- pipelines: one generated image folder and its conversions, shared by the data tests --------
+
+COLOUR_CLASSES, COLOUR_PER_CLASS = ("a", "b", "c"), 8
+
+
+@pytest.fixture(scope="session")
+def colour_datasets(tmp_path_factory):
+    """({backend: path}, mean colour of each source image, labels): 24 flat-colour 64x48 images
+    in 3 class folders (pipelines.sample_images.make_image_folder; a crop's mean colour names its image), read
+    in place by torchvision and converted once for ffcv and dali (shards of 5: several files)."""
+    import numpy as np
+    from PIL import Image
+
+    from pipelines.sample_images import make_image_folder
+    from pipelines.convert import convert
+    from pipelines.convert.options import Options
+
+    root = tmp_path_factory.mktemp("colours")
+    files = make_image_folder(root / "src", classes=COLOUR_CLASSES, per_class=COLOUR_PER_CLASS, size=(64, 48))
+    paths = {"torchvision": str(root / "src")}
+    for fmt in ("ffcv", "dali"):
+        convert(root / "src", root / fmt, Options(fmt, shard_size=5), workers=2, progress=False)
+        paths[fmt] = str(root / fmt)
+    colours = np.stack([np.asarray(Image.open(f).convert("RGB"), np.float64).mean((0, 1)) for f in files])
+    labels = np.array([COLOUR_CLASSES.index(f.parent.name) for f in files])
+    return paths, colours, labels
+
+
+@pytest.fixture(scope="session")
+def natural_source(tmp_path_factory):
+    """24 photo-like 160x120 JPEGs (pipelines.sample_images.natural_image) in 3 class folders: realistic sizes
+    for conversions that must fill a small disk."""
+    from pipelines.sample_images import make_image_folder
+
+    root = tmp_path_factory.mktemp("natural") / "train"
+    make_image_folder(root, classes=COLOUR_CLASSES, per_class=COLOUR_PER_CLASS, size=(160, 120), natural=True)
+    return root
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """mount(size): a tmpfs at tmp_path/"fs" (remounting changes its size); skips if not allowed."""
+    import subprocess
+
+    where = tmp_path / "fs"
+    where.mkdir()
+    mounted = []
+
+    def mount(size: str):
+        opts = f"remount,size={size}" if mounted else f"size={size}"
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], capture_output=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounted.append(size)
+        return where
+
+    yield mount
+    if mounted:
+        subprocess.run(["umount", "-l", str(where)], check=False)

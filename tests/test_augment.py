@@ -1,5 +1,6 @@
-"""pipelines/augment.py: each batched op against torchvision.transforms.v2.functional, sample by
-sample; the sampler's frequencies against the recipe; seeding; the recipe as data.
+"""pipelines/augment/: every entry of the table of ops (table.OPS), on both paths (eager NCHW and
+the compiled path's channel planes), and each batched op against torchvision.transforms.v2.functional,
+sample by sample; the sampler's frequencies against the recipe; seeding; the recipe as data.
 
 Tolerances (max abs difference on [0, 1] floats; the issue allows 2/255 ~ 7.8e-3): float rounding
 only, since the ops mirror torchvision's float formulas. Hue is a closed-form HSV -> RGB instead of
@@ -15,6 +16,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from pipelines import augment as A
+from pipelines.augment import view as V
 
 TOL = {"brightness": 1e-6, "contrast": 1e-6, "saturation": 1e-6, "hue": 1e-5, "grayscale": 1e-6,
        "blur": 1e-5, "solarize": 0.0, "normalize": 1e-6}
@@ -71,30 +73,56 @@ def test_grayscale_and_normalize_match_torchvision():
     assert (A.normalize(x, mean, std) - expected).abs().max() <= TOL["normalize"]
 
 
+# ---- the table of ops: every entry, both paths, against its torchvision reference ----------------
+
+def _only(op):
+    """A view in which `op` alone may apply, to about half the samples."""
+    return dataclasses.replace(A.ViewSpec(), **{o.probability: 0.5 if o is op else 0.0 for o in A.OPS})
+
+
+def _planes(op, x, view, p):
+    return torch.cat(op.apply_planes(list(x.split(1, dim=1)), view, p), dim=1)
+
+
+@pytest.mark.parametrize("path", ["eager", "planes"])
+@pytest.mark.parametrize("op", A.OPS, ids=lambda op: op.name)
+def test_every_op_of_the_table_matches_its_torchvision_reference_per_sample(op, path):
+    """One generic check per entry: its sampled parameters, applied batched (eager NCHW, or on the
+    compiled path's channel planes, run eagerly here), against torchvision's functional ops on each
+    image (its `reference`); samples its mask leaves out come back unchanged."""
+    view, n = _only(op), 16
+    x = _images(n, seed=7)
+    p = A.sample_params(view, n, torch.Generator().manual_seed(8))
+    mask = getattr(p, op.name)
+    assert mask.any() and not mask.all()
+    out = op.apply(x.clone(), view, p) if path == "eager" else _planes(op, x.clone(), view, p)
+    expected = torch.stack([op.reference(x[i], view, p, i) if mask[i] else x[i] for i in range(n)])
+    assert (out - expected).abs().max() <= 1e-5  # float rounding only (hue, blur: ~1e-6)
+    assert torch.equal(out[~mask], x[~mask])  # exactly (the blur's identity is a one-hot kernel)
+
+
+def test_the_table_is_the_official_order_and_every_op_has_its_parameters():
+    assert [op.name for op in A.OPS] == ["jitter", "gray", "blur", "solarize"]
+    p = A.sample_params(A.ViewSpec(), 4, torch.Generator().manual_seed(0))
+    names = [f.name for f in dataclasses.fields(p)]
+    assert names == [name for op in A.OPS for name in (op.name, *op.params)]
+    assert all(getattr(p, name).shape[0] == 4 for name in names)
+
+
 def _torchvision_view(img_u8, view, p, i, mean, std):
-    """The reference: torchvision v2 functional on one image, with sample i's drawn params."""
+    """The reference: torchvision v2 functional on one image, with sample i's drawn params: the
+    table's references, in its order, for the ops applied to sample i."""
     x = TF.to_dtype(img_u8, torch.float32, scale=True)
-    if p.jitter[i]:
-        fns = {A.BRIGHTNESS: (TF.adjust_brightness, p.brightness),
-               A.CONTRAST: (TF.adjust_contrast, p.contrast),
-               A.SATURATION: (TF.adjust_saturation, p.saturation),
-               A.HUE: (TF.adjust_hue, p.hue)}
-        for op in p.order[i].tolist():
-            fn, values = fns[op]
-            x = fn(x, float(values[i]))
-    if p.gray[i]:
-        x = TF.rgb_to_grayscale(x, 3)
-    if p.blur[i]:
-        x = TF.gaussian_blur(x, A.blur_kernel_size(view.blur_sigma[1]), float(p.sigma[i]))
-    if p.solarize[i]:
-        x = TF.solarize(x, view.solarize_threshold)
+    for op in A.OPS:
+        if getattr(view, op.probability) > 0 and getattr(p, op.name)[i]:
+            x = op.reference(x, view, p, i)
     return TF.normalize(x, list(mean), list(std))
 
 
-@pytest.mark.parametrize("chunk_bytes", [A.CPU_CHUNK_BYTES, 20000], ids=["one-chunk", "chunked"])
+@pytest.mark.parametrize("chunk_bytes", [V.CPU_CHUNK_BYTES, 20000], ids=["one-chunk", "chunked"])
 def test_view_matches_torchvision_per_sample(chunk_bytes, monkeypatch):
     """Jitter in each sample's order, gray, blur, solarize, normalize; masks mixed; channels_last."""
-    monkeypatch.setattr(A, "CPU_CHUNK_BYTES", chunk_bytes)  # 20000 bytes: 2 images a chunk
+    monkeypatch.setattr(V, "CPU_CHUNK_BYTES", chunk_bytes)  # 20000 bytes: 2 images a chunk
     view = A.ViewSpec(jitter_p=0.7, gray_p=0.3, blur_p=0.5, solarize_p=0.5)
     n = 32
     x = (_images(n, seed=3) * 255).round().to(torch.uint8).contiguous(memory_format=torch.channels_last)

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torchvision
 
-from fastbt import checkpoint
-from fastbt.model import build_model
+from fastbt.train import checkpoint
+from fastbt.train.model import build_model
 
 
 def state(step):

@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 
-from fastbt import checkpoint
+from fastbt.train import checkpoint
 
 
 class Pickled:  # a class: torch.load(weights_only=True) refuses to unpickle it

@@ -6,9 +6,10 @@ import random
 import torch
 import torchvision
 
-from fastbt import checkpoint, config
-from fastbt.model import build_model
-from fastbt.optim import build_optimizer
+from fastbt import config
+from fastbt.train import checkpoint
+from fastbt.train.model import build_model
+from fastbt.train.optim import build_optimizer
 
 
 def model_and_optimizer(seed):

@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from fastbt import checkpoint, config, dist, rundir
+from fastbt import config, dist
 from fastbt.errors import RunDirError
+from fastbt.train import checkpoint, rundir
 
 ONE = dist.World(rank=0, local_rank=0, size=1, device=torch.device("cpu"))
 

@@ -1,7 +1,7 @@
 """Compiled training moves the weights exactly as eager training does (issue 20, item 2).
 
 Comparing compiled with compiled cannot catch a compiled backward that returns zeros (torch 2.11
-did, for the loss: see fastbt.ops.xcorr._Standardize); these tests train a few SGD steps both ways
+did, for the loss: see fastbt.train.ops.xcorr._Standardize); these tests train a few SGD steps both ways
 from the same weights and compare the weights, which must also have moved.
 """
 import copy
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from fastbt.config import LossConfig
-from fastbt.ops import barlow_twins_loss
+from fastbt.train.ops import barlow_twins_loss
 
 LAMBD = LossConfig().lambd
 

@@ -1,26 +1,32 @@
-"""`fastbt convert` / `fastbt inspect` end to end on a folder holding every kind of odd file,
-read back with the stock readers: ffcv.loader.Loader and nvidia.dali.fn.readers.webdataset (CPU).
+"""`fastbt convert` / `fastbt inspect` end to end (pipelines.convert): on a folder holding every
+kind of odd file, read back with the stock readers (ffcv.loader.Loader and
+nvidia.dali.fn.readers.webdataset, CPU); under hostile conditions it never deletes what it did not
+make, and a full disk or a killed writer ends it in one line with the finished shards kept.
 
 The two conversions (one per format) are module fixtures; tests that change a dataset copy it first.
+Conversions that could hang run in a subprocess with a timeout (checks.run_python). Real disk-full
+tests use a small tmpfs and skip when it cannot be mounted; the same failures are also simulated by
+making a write raise ENOSPC.
 """
 
 import json
 import os
 import shutil
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from checks import assert_disk_full, convert_code, one_error_line, run_python
 from fastbt.cli import main
 from pipelines.sample_images import flat_image, make_image_folder
-from pipelines import convert as convert_module
-from pipelines import manifest, shards
-from pipelines.convert import convert
+from pipelines.convert import convert, journal, manifest, shards
+from pipelines.convert import driver as convert_module
+from pipelines.convert.options import Options
+from pipelines.convert.source import fit_within, scan
 from pipelines.errors import DataError
-from pipelines.options import Options
-from pipelines.source import fit_within, scan
 
 R = 32  # max_resolution for every conversion here
 OPTIONS = dict(max_resolution=R, jpeg_quality=90, shard_size=4, max_unreadable=0.5)
@@ -187,7 +193,7 @@ def test_stock_ffcv_loader_reads_every_image_and_label(odd, converted):
 
 
 def test_both_formats_hold_the_same_jpeg_bytes(converted):
-    from pipelines.ffcv_data import beton_contents
+    from pipelines.ffcv_backend.beton import beton_contents
 
     dali, ffcv = converted("dali"), converted("ffcv")
     in_shards = []
@@ -237,7 +243,7 @@ def test_nothing_readable_is_an_error(tmp_path):
 def test_an_interrupted_dali_conversion_resumes_keeping_finished_shards(odd, converted, tmp_path,
                                                                         monkeypatch):
     out, partial = tmp_path / "out", tmp_path / "out.partial"
-    real_append, calls = convert_module._append, []
+    real_append, calls = journal.append, []
 
     def interrupt_at_the_third_shard(journal, record):
         calls.append(record)
@@ -245,7 +251,7 @@ def test_an_interrupted_dali_conversion_resumes_keeping_finished_shards(odd, con
             raise KeyboardInterrupt
         real_append(journal, record)
 
-    monkeypatch.setattr(convert_module, "_append", interrupt_at_the_third_shard)
+    monkeypatch.setattr(journal, "append", interrupt_at_the_third_shard)
     with pytest.raises(KeyboardInterrupt):
         _dali(odd, out)
     monkeypatch.undo()
@@ -373,6 +379,185 @@ def test_inspect_catches_a_corrupt_image_inside_a_shard(converted, tmp_path, cap
         f.write(b"\x00" * 64)
     assert main(["inspect", str(folder)]) == 2
     assert "does not decode" in capsys.readouterr().err
+
+
+# ---- what --overwrite may replace, and where OUT may be (never what fastbt did not make) --------
+
+@pytest.fixture(scope="module")
+def src(natural_source):
+    return natural_source
+
+
+def _convert(src, out, fmt="dali", overwrite=True, **options):
+    return convert(src, out, Options(fmt, max_resolution=64, shard_size=4, **options), workers=2,
+                   overwrite=overwrite, progress=False, log=lambda msg: None)
+
+
+@pytest.fixture(scope="module")
+def dataset(src, tmp_path_factory):
+    """A finished DALI dataset to copy: a folder fastbt may replace."""
+    return _convert(src, tmp_path_factory.mktemp("ds") / "ds").folder
+
+
+def _cli(src, out, *flags):
+    return main(["convert", str(src), str(out), "--format", "dali", "--max-resolution", "64",
+                 "--shard-size", "4", "--workers", "2", "--overwrite", *flags])
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("content", [
+    {"manifest.json": '{"name": "x"}', "thesis.txt": "precious"},  # a manifest, not ours
+    {"manifest.json": "not json at all", "thesis.txt": "precious"},
+    {"manifest.json": '{"fastbt": "model", "schema": 1}'},  # another marker
+])
+def test_overwrite_refuses_a_folder_whose_manifest_is_not_a_fastbt_manifest(src, tmp_path, capsys, content):
+    out = tmp_path / "out"
+    out.mkdir()
+    for name, text in content.items():
+        (out / name).write_text(text)
+    before = _snapshot(out)
+    assert _cli(src, out) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "not a fastbt dataset; refusing to replace it" in line
+    assert _snapshot(out) == before and not (tmp_path / "out.partial").exists()
+
+
+def test_overwrite_refuses_a_fastbt_dataset_holding_a_file_it_does_not_list(src, dataset, tmp_path, capsys):
+    out = tmp_path / "out"
+    shutil.copytree(dataset, out)
+    (out / "notes").mkdir()
+    (out / "notes" / "thesis.txt").write_text("precious")
+    before = _snapshot(out)
+    assert _cli(src, out) == 2
+    assert "notes: not a file of the dataset" in one_error_line(capsys.readouterr().err)
+    assert _snapshot(out) == before
+
+
+def test_manifests_carry_the_marker_and_old_unmarked_ones_are_still_read_and_replaced(src, dataset, tmp_path):
+    stored = json.loads((dataset / manifest.MANIFEST_NAME).read_text())
+    assert (stored[manifest.MARKER_KEY], stored["schema"]) == (manifest.MARKER, manifest.SCHEMA_VERSION)
+    old = tmp_path / "old"
+    shutil.copytree(dataset, old)
+    del stored[manifest.MARKER_KEY]  # as written before the marker existed
+    (old / manifest.MANIFEST_NAME).write_text(json.dumps(stored))
+    assert manifest.read(old).num_images == 24
+    assert _convert(src, old, limit=5).num_images == 5
+
+
+def test_overwrite_leaves_a_users_out_old_and_leaves_no_temporary_folder(src, dataset, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(dataset, out)
+    (tmp_path / "out.old").mkdir()
+    (tmp_path / "out.old" / "thesis.txt").write_text("precious")
+    (tmp_path / "out.replaced").write_text("also mine")
+    m = _convert(src, out, limit=6)
+    assert m.num_images == 6 and manifest.load(out).num_images == 6
+    assert (tmp_path / "out.old" / "thesis.txt").read_text() == "precious"
+    assert (tmp_path / "out.replaced").read_text() == "also mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "out.old", "out.replaced"]
+
+
+def test_out_changed_during_the_conversion_is_not_replaced(src, dataset, tmp_path, monkeypatch):
+    from pipelines.convert import driver as convert_module
+
+    out = tmp_path / "out"
+    shutil.copytree(dataset, out)
+    real_build = convert_module._build
+
+    def user_adds_a_file(*args, **kwargs):
+        result = real_build(*args, **kwargs)
+        (out / "thesis.txt").write_text("written while converting")
+        return result
+
+    monkeypatch.setattr(convert_module, "_build", user_adds_a_file)
+    with pytest.raises(convert_module.DataError, match="thesis.txt: not a file of the dataset"):
+        _convert(src, out)
+    assert (out / "thesis.txt").exists() and (tmp_path / "out.partial" / manifest.MANIFEST_NAME).exists()
+
+
+def test_source_inside_the_output_is_refused_and_untouched(src, dataset, tmp_path, capsys):
+    ds2 = tmp_path / "ds2"
+    shutil.copytree(dataset, ds2)
+    shutil.copytree(src, ds2 / "images")  # `fastbt convert ds2/images ds2 --overwrite`
+    (tmp_path / "link").symlink_to(ds2)
+    before = _snapshot(ds2)
+    for source, out in ((ds2 / "images", ds2), (ds2 / "images", tmp_path / "link"),
+                        (tmp_path / "link" / "images", ds2)):
+        assert _cli(source, out) == 2
+        assert "the source is inside" in one_error_line(capsys.readouterr().err)
+    assert _snapshot(ds2) == before
+
+
+def test_output_or_its_partial_folder_inside_the_source_is_refused(src, tmp_path, capsys):
+    copy = tmp_path / "src"
+    shutil.copytree(src, copy)
+    (tmp_path / "alias").symlink_to(copy)
+    for source, out in ((copy, copy / "out"), (copy, tmp_path / "alias" / "a" / "out"), (copy, copy)):
+        assert _cli(source, out) == 2
+        assert "inside the source folder" in one_error_line(capsys.readouterr().err)
+    # OUT.partial is deleted by --overwrite when its settings differ: it must not hold the source
+    (tmp_path / "x.partial").mkdir()
+    shutil.copytree(src, tmp_path / "x.partial" / "images")
+    assert _cli(tmp_path / "x.partial" / "images", tmp_path / "x") == 2
+    assert "the source is inside" in one_error_line(capsys.readouterr().err)
+    assert len(list((tmp_path / "x.partial" / "images").rglob("*.JPEG"))) == 24
+
+
+# ---- a full disk or a killed writer ends the conversion in one line; a rerun resumes ------------
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_dali_conversion_on_a_full_tmpfs_stops_in_one_line_and_resumes(src, tmpfs, workers):
+    fs = tmpfs("120k")  # room for about one shard of four ~8 KB images... and some more
+    out = fs / "out"
+    result = run_python(convert_code(src, out, "dali", workers))
+    assert_disk_full(result, fs / "out.partial")
+    tmpfs("16m")
+    rerun = run_python(convert_code(src, out, "dali", workers))
+    assert rerun.returncode == 0, rerun.stderr
+    assert manifest.load(out).num_images == 24
+
+
+FULL_SHARD = """
+        import pipelines.convert.shards as d
+        real = d.encode_jpeg
+        def encode(img, quality):
+            if int(os.environ.get("FULL_AFTER", "0")) <= d.__dict__.setdefault("calls", 0):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            d.calls += 1
+            return real(img, quality)
+        d.encode_jpeg = encode
+"""
+
+
+def test_dali_shard_writer_failing_with_enospc_ends_in_one_line_and_resumes(src, tmp_path):
+    result = run_python(convert_code(src, tmp_path / "out", "dali", 1, patch=FULL_SHARD.replace(
+        'os.environ.get("FULL_AFTER", "0")', '"9"')))
+    assert_disk_full(result, tmp_path / "out.partial")
+    assert "out.partial/shard-000002" in result.stderr
+    rerun = run_python(convert_code(src, tmp_path / "out", "dali", 2))
+    assert rerun.returncode == 0 and "resume: 2 finished shard(s)" in rerun.stdout
+
+
+def test_a_killed_shard_writer_ends_in_one_line_and_resumes(src, tmp_path):
+    kill = FULL_SHARD.replace("raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))",
+                              "import signal; os.kill(os.getpid(), signal.SIGKILL)")
+    result = run_python(convert_code(src, tmp_path / "out", "dali", 2, patch=kill.replace(
+        'os.environ.get("FULL_AFTER", "0")', '"5"')), timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "a shard writer process died" in one_error_line(result.stderr)
+    rerun = run_python(convert_code(src, tmp_path / "out", "dali", 2))
+    assert rerun.returncode == 0 and manifest.load(tmp_path / "out").num_images == 24
+
+
+@pytest.mark.parametrize("where", ["typo_dir", ".", "/"])
+def test_inspect_of_a_missing_or_non_dataset_path_is_one_line(tmp_path, monkeypatch, capsys, where):
+    monkeypatch.chdir(tmp_path)
+    assert main(["inspect", where]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert ("no such dataset: typo_dir" in line) if where == "typo_dir" else ("no manifest" in line)
 
 
 # ---- one conversion per OUT; an unfinished one that recorded nothing --------------------------

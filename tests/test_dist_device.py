@@ -47,7 +47,8 @@ def test_a_machine_without_gpus_trains_on_cpu(monkeypatch):
 
 
 def test_the_cli_prints_one_line_and_exits_2(gpus_without_cuda, tmp_path, capsys):
-    rc = cli.main(["pretrain", os.devnull, f"data.path={tmp_path}", f"train.out_dir={tmp_path / 'run'}"])
+    (tmp_path / "data").mkdir()  # a run directory inside data.path is refused before the device
+    rc = cli.main(["pretrain", os.devnull, f"data.path={tmp_path / 'data'}", f"train.out_dir={tmp_path / 'run'}"])
     err = capsys.readouterr().err
     assert rc == 2
     assert err.count("\n") == 1 and "R580" in err and "Traceback" not in err

@@ -7,9 +7,9 @@ import torch
 
 from fastbt import config
 from fastbt.cli import main
-from fastbt.demo_data import make_demo_folder
-from fastbt.eval_config import eval_setup, proportional_resize
-from fastbt.model import build_backbone
+from fastbt.demo.data import make_demo_folder
+from fastbt.eval.setup import eval_setup, proportional_resize
+from fastbt.train.model import build_backbone
 
 
 @pytest.fixture(scope="module")

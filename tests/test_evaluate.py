@@ -10,32 +10,25 @@ import torch
 from PIL import Image
 
 import distributed
-from fastbt import checkpoint, config, runlog
+from fastbt import config, runlog
 from fastbt.cli import main
-from fastbt.demo_data import make_demo_folder
+from fastbt.demo.data import make_demo_folder
 from fastbt.errors import ConfigError
-from fastbt.eval_data import center_crops, labeled_set
-from fastbt.evaluate import KnnEval
-from fastbt.features import Frozen, extract_features
-from fastbt.model import build_backbone, build_model
-from fastbt.weights import WeightsError, load_backbone
+from fastbt.eval.data import center_crops, labeled_set
+from fastbt.eval.features import Frozen, extract_features
+from fastbt.eval.protocol import KnnEval
+from fastbt.eval.weights import WeightsError, load_backbone
+from fastbt.train import checkpoint
+from fastbt.train.model import build_backbone, build_model
 from pipelines.augment import AugSpec
 from pipelines.convert import convert
+from pipelines.convert.options import Options
+from pipelines.convert.shards import shuffled_order
 from pipelines.errors import DataError
-from pipelines.options import Options
-from pipelines.shards import shuffled_order
 
 # 32 px center crops of 40 px images; the whole set in one batch.
 EVAL = ["model.arch=resnet18", "eval.size=32", "eval.resize=32", "eval.batch_size=80",
         "runtime.device=cpu", "runtime.precision=fp32", "data.workers=0"]
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes")
-    make_demo_folder(root / "train", per_class=8, size=40, seed=0)  # 80 images
-    make_demo_folder(root / "val", per_class=4, size=40, seed=1)  # 40 other images
-    return root
 
 
 def data_args(shapes):
@@ -113,23 +106,23 @@ def without_times(records):
 
 
 def test_a_resumed_linear_probe_equals_the_uninterrupted_one(random_weights, shapes, tmp_path, monkeypatch):
-    from fastbt import linear_probe
+    from fastbt.eval import linear
 
     small = ["eval.size=16", "eval.resize=16", "eval.linear.epochs=2"]  # 16 px: a quarter of the work
     assert probe_cli(random_weights, shapes, tmp_path / "whole", *small) == 0
     whole = checkpoint.load_latest(tmp_path / "whole")
 
-    real_lr = linear_probe.cosine_lr
+    real_lr = linear.cosine_lr
 
     def crash_in_epoch_2(base, epoch, epochs):
         if epoch == 1:
             raise Crash()
         return real_lr(base, epoch, epochs)
 
-    monkeypatch.setattr(linear_probe, "cosine_lr", crash_in_epoch_2)
+    monkeypatch.setattr(linear, "cosine_lr", crash_in_epoch_2)
     with pytest.raises(Crash):
         probe_cli(random_weights, shapes, tmp_path / "split", *small)
-    monkeypatch.setattr(linear_probe, "cosine_lr", real_lr)
+    monkeypatch.setattr(linear, "cosine_lr", real_lr)
     assert checkpoint.load_latest(tmp_path / "split")["epoch"] == 1
     assert probe_cli(random_weights, shapes, tmp_path / "split", *small) == 0
     resumed = checkpoint.load_latest(tmp_path / "split")

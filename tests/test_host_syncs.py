@@ -17,8 +17,8 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastbt.config import LossConfig
-from fastbt.model import build_model
-from fastbt.ops import barlow_twins_loss
+from fastbt.train.model import build_model
+from fastbt.train.ops import barlow_twins_loss
 from pipelines.augment import AugSpec, augment_pair
 
 LAMBD = LossConfig().lambd

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastbt.knn import knn_predict, merge_nearest, nearest, topk_accuracy, vote
+from fastbt.eval.knn import knn_predict, merge_nearest, nearest, topk_accuracy, vote
 
 
 def brute_force(train, train_labels, queries, num_classes, k, t):

@@ -51,7 +51,7 @@ def test_a_problem_of_one_rank_alone_is_printed_by_that_rank(monkeypatch, capsys
         raise DeviceError("no GPU 1 here")
 
     monkeypatch.setenv("RANK", "1")
-    monkeypatch.setattr("fastbt.loop.pretrain", gpu_missing)
+    monkeypatch.setattr("fastbt.train.loop.pretrain", gpu_missing)
     assert main(["pretrain", os.devnull]) == 2
     assert capsys.readouterr().err == "fastbt pretrain: error: no GPU 1 here\n"
 
@@ -77,8 +77,8 @@ def test_a_refusal_under_the_launcher_is_one_line_and_exit_2(tmp_path):
 
 
 def ddp_step_warnings(rank, world_size):
-    from fastbt.norm import use_global_batch_norm
-    from fastbt.run import wrap_ddp
+    from fastbt.train.norm import use_global_batch_norm
+    from fastbt.train.run import wrap_ddp
 
     torch.manual_seed(0)
     model = use_global_batch_norm(nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)),

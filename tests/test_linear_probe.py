@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from fastbt.cli import main
-from fastbt.demo_data import make_demo_folder
-from fastbt.model import build_backbone
+from fastbt.demo.data import make_demo_folder
+from fastbt.train.model import build_backbone
 
 EVAL = ["model.arch=resnet18", "eval.size=16", "eval.resize=16", "eval.batch_size=80",
         "runtime.device=cpu", "runtime.precision=fp32", "data.workers=0", "eval.linear.epochs=1"]

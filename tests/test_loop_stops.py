@@ -1,4 +1,4 @@
-"""How a pretraining run stops (fastbt.loop): weights or buffers that turn non-finite while the loss
+"""How a pretraining run stops (fastbt.train.loop): weights or buffers that turn non-finite while the loss
 is still finite, Ctrl-C, a disk that fills while logging. Each keeps a good checkpoint and says so
 in one line."""
 
@@ -14,9 +14,10 @@ import matplotlib.figure
 import pytest
 import torch
 
-from fastbt import checkpoint, loop, runlog
+from fastbt import runlog
 from fastbt.cli import main
-from fastbt.step import TrainStep
+from fastbt.train import checkpoint, loop
+from fastbt.train.step import TrainStep
 
 
 def poison_after_step_3(monkeypatch, name):
@@ -25,8 +26,8 @@ def poison_after_step_3(monkeypatch, name):
     real_call = TrainStep.__call__
     calls = {"n": 0}
 
-    def call(self, view1, view2):
-        loss = real_call(self, view1, view2)
+    def call(self, view1, view2, *clock):
+        loss = real_call(self, view1, view2, *clock)
         calls["n"] += 1
         if calls["n"] == 3:
             tensors = dict(self.model.named_parameters()) | dict(self.model.named_buffers())

@@ -22,8 +22,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastbt.config import LossConfig
-from fastbt.ops import barlow_twins_loss, reference_loss
-from fastbt.ops import xcorr
+from fastbt.train.ops import barlow_twins_loss, reference_loss
+from fastbt.train.ops import xcorr
 
 LAMBD = LossConfig().lambd  # the paper's
 ROUNDING = {torch.float32: 0.0, torch.bfloat16: 2**-8}  # of the gradients returned

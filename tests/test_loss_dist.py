@@ -9,8 +9,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from fastbt.config import LossConfig
-from fastbt.ops import barlow_twins_loss
-from fastbt.ops import xcorr
+from fastbt.train.ops import barlow_twins_loss
+from fastbt.train.ops import xcorr
 
 import distributed
 

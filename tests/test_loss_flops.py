@@ -7,8 +7,8 @@ import torch.distributed as dist
 from torch.utils.flop_counter import FlopCounterMode
 
 from fastbt.config import LossConfig
-from fastbt.ops import barlow_twins_loss
-from fastbt.ops.xcorr import choose_mode, loss_cost
+from fastbt.train.ops import barlow_twins_loss
+from fastbt.train.ops.xcorr import choose_mode, loss_cost
 
 import distributed
 

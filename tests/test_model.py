@@ -2,7 +2,7 @@ import pytest
 import torch
 import torchvision
 
-from fastbt.model import build_model, build_projector
+from fastbt.train.model import build_model, build_projector
 
 
 @pytest.mark.parametrize("arch, width", [("resnet18", 512), ("resnet34", 512), ("resnet50", 2048)])

@@ -21,10 +21,11 @@ import torch
 import torch.distributed as torch_dist
 from PIL import Image
 
-from fastbt import config, dist, run
+from fastbt import config, dist
 from fastbt.errors import RunStopped
+from fastbt.train import run
 from pipelines.convert import convert
-from pipelines.options import Options
+from pipelines.convert.options import Options
 from pipelines.sample_images import identify, make_image_folder
 
 REPO = Path(__file__).resolve().parents[1]

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from fastbt.norm import GlobalBatchNorm, use_global_batch_norm
+from fastbt.train.norm import GlobalBatchNorm, use_global_batch_norm
 
 import distributed
 

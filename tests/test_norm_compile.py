@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from fastbt.model import BarlowTwinsNet, build_projector
-from fastbt.norm import GlobalBatchNorm, use_global_batch_norm
+from fastbt.train.model import BarlowTwinsNet, build_projector
+from fastbt.train.norm import GlobalBatchNorm, use_global_batch_norm
 
 import distributed
 
@@ -52,7 +52,7 @@ def test_compiled_two_view_forward_with_global_bn_has_no_graph_breaks():
 
 def _nccl_compiled_forward(rank, world_size):
     import torch.distributed as dist
-    from fastbt.norm import use_global_batch_norm
+    from fastbt.train.norm import use_global_batch_norm
     torch.cuda.set_device(rank)
     dist.init_process_group("nccl", rank=rank, world_size=world_size, device_id=torch.device("cuda", rank))
     try:

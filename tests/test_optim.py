@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from fastbt.config import OptimConfig
-from fastbt.optim import build_optimizer, lr_at, set_lr
+from fastbt.train.optim import build_optimizer, lr_at, set_lr
 
 
 class OfficialLARS(torch.optim.Optimizer):

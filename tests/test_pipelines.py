@@ -9,37 +9,26 @@ shared (`loader`): an FFCV loader JIT-compiles its pipeline on its first batch.
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import pipelines
-from pipelines.sample_images import identify, make_image_folder
+from pipelines.sample_images import identify
 from pipelines.augment import AugSpec, ViewSpec
-from pipelines.convert import convert
 from pipelines.errors import DataError
-from pipelines.manifest import load
+from pipelines.convert.manifest import load
 from pipelines.order import rank_range
-from pipelines.options import Options
-from pipelines.shards import shard_samples
+from pipelines.convert.shards import shard_samples
 
 BACKENDS = ("torchvision", "ffcv", "dali")
-CLASSES, PER_CLASS, BATCH = ("a", "b", "c"), 8, 4
+CLASSES, PER_CLASS, BATCH = ("a", "b", "c"), 8, 4  # as conftest.colour_datasets
 WORKERS = 2
 N = len(CLASSES) * PER_CLASS
 AUG = AugSpec(size=32)
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(colour_datasets):
     """{backend: path} and the source images' (mean colours, labels), in dataset order."""
-    root = tmp_path_factory.mktemp("pipelines")
-    files = make_image_folder(root / "src", classes=CLASSES, per_class=PER_CLASS, size=(64, 48))
-    paths = {"torchvision": str(root / "src")}
-    for fmt in ("ffcv", "dali"):  # small shards: the DALI reader sees several files
-        convert(root / "src", root / fmt, Options(fmt, shard_size=5), workers=2, progress=False)
-        paths[fmt] = str(root / fmt)
-    colours = np.stack([np.asarray(Image.open(f).convert("RGB"), np.float64).mean((0, 1)) for f in files])
-    labels = np.array([CLASSES.index(f.parent.name) for f in files])
-    return paths, colours, labels
+    return colour_datasets
 
 
 @pytest.fixture(scope="module")
@@ -173,9 +162,9 @@ def test_ffcv_crops_are_the_drawn_boxes_resized_and_flipped(loader, data, stored
     from ffcv.libffcv import imdecode
 
     from pipelines.crop_params import ATTEMPTS, crop_boxes, uniforms
-    from pipelines.ffcv_data import beton_contents
-    from pipelines.ffcv_ops import CV2_INTERPOLATION
-    from pipelines.manifest import load
+    from pipelines.ffcv_backend.beton import beton_contents
+    from pipelines.ffcv_backend.ops import CV2_INTERPOLATION
+    from pipelines.convert.manifest import load
 
     colours = data[1]
     crops = loader("ffcv").crops

@@ -127,27 +127,27 @@ def test_tensorboard_asked_for_but_not_installed_is_a_config_error(tmp_path, mon
 
 def test_a_preempted_run_draws_its_curves_and_mirrors_its_log_to_tensorboard(images, tiny, tmp_path,
                                                                               monkeypatch):
+    """`fastbt pretrain` draws the curves once pretraining returns, also when it was preempted."""
     import os
     import signal
 
-    from fastbt import config, loop
-    from fastbt.step import TrainStep
+    from fastbt.train.step import TrainStep
 
     tensorboard = importlib.util.find_spec("tensorboard") is not None
     calls = {"n": 0}
     real_call = TrainStep.__call__
 
-    def preempted_at_step_3(self, view1, view2):
+    def preempted_at_step_3(self, view1, view2, *clock):
         calls["n"] += 1
         if calls["n"] == 3:
             os.kill(os.getpid(), signal.SIGTERM)  # the loop's handler sets its flag: no exit here
-        return real_call(self, view1, view2)
+        return real_call(self, view1, view2, *clock)
 
     monkeypatch.setattr(TrainStep, "__call__", preempted_at_step_3)
+    monkeypatch.delenv("RANK", raising=False)
     run_dir = tmp_path / "run"
-    cfg = config.load(None, [*tiny, f"data.path={images}", f"train.out_dir={run_dir}", "train.epochs=2",
-                             f"logging.tensorboard={str(tensorboard).lower()}"])
-    loop.pretrain(cfg)
+    assert main(["pretrain", os.devnull, *tiny, f"data.path={images}", f"train.out_dir={run_dir}",
+                 "train.epochs=2", f"logging.tensorboard={str(tensorboard).lower()}"]) == 0
     assert not (run_dir / "backbone.pth").exists()  # stopped early, at the report after step 3
     assert [r["step"] for r in runlog.read(run_dir / "log.jsonl")] == [1, 2, 3]
     with Image.open(run_dir / "curves.png") as image:

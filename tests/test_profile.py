@@ -7,9 +7,10 @@ import time
 import pytest
 import torch
 
-from fastbt import config, profile, verdict
+from fastbt import config
 from fastbt.cli import main
-from pipelines.torchvision_data import TorchvisionCrops
+from fastbt.profiling import verdict, windows
+from pipelines.torchvision_backend.reader import TorchvisionCrops
 
 import distributed
 
@@ -44,7 +45,7 @@ def slowed(images, tiny, tmp_path_factory):
                              "train.batch_size=4", f"data.path={images}"])
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(TorchvisionCrops, "__iter__", slow_iter)
-        profile.profile(cfg, out)
+        windows.profile(cfg, out)
     return out
 
 
@@ -128,7 +129,7 @@ def test_profile_needs_a_config_or_compare(capsys):
 
 
 def profile_on_two_ranks(rank, world_size, cfg, out):
-    profile.profile(cfg, out)
+    windows.profile(cfg, out)
 
 
 @pytest.mark.dist

@@ -12,9 +12,11 @@ import collections
 import pytest
 import torch
 
-import pipelines.augment
-from fastbt import dist, loop, optim, profile
-from fastbt.run import build_run
+import pipelines.augment.view
+from fastbt import dist
+from fastbt.profiling import windows
+from fastbt.train import loop, optim
+from fastbt.train.run import build_run
 
 # two crop sizes: epoch 0 at 32 px, epoch 1 (the final size) at 64 px
 SCHEDULE = ["aug.size=64", "aug.resolution.start=32", "aug.resolution.ramp_start_epoch=0",
@@ -51,7 +53,7 @@ def compile_counts(monkeypatch):
     counts = CompileCounts(torch.compile)
     monkeypatch.setattr(torch, "compile", counts)
     # compiled functions made once per process: make them again, through the counter
-    monkeypatch.setattr(pipelines.augment, "_compiled_apply_view", None)
+    monkeypatch.setattr(pipelines.augment.view, "_compiled_apply_view", None)
     monkeypatch.setattr(optim, "_compiled_lars_update", None)
     torch._dynamo.reset()
     yield counts
@@ -69,7 +71,7 @@ def compiled_config(tiny_config, images, out_dir, precision, *extra):
 def test_profile_windows_and_training_compile_once_per_crop_size(images, tiny_config, tmp_path,
                                                                  compile_counts, precision):
     cfg = compiled_config(tiny_config, images, tmp_path / "run", precision, *SCHEDULE, *PROFILE)
-    profile.measure(cfg, dist.init("cpu"), tmp_path)
+    windows.measure(cfg, dist.init("cpu"), tmp_path)
     # windows at the final size (step, loader, end to end) and the step alone at the start size
     assert compile_counts.take() == {"BarlowTwinsNet": 2, "apply_view": 2, "lars_update": 2}
     loop.pretrain(cfg)

@@ -11,11 +11,12 @@ import pytest
 import torch
 import torchvision
 
-import pipelines
-from fastbt import config, loop, losses, model, runlog
+from fastbt import config, runlog
 from fastbt.errors import ConfigError
-from fastbt.model import ARCHS, build_backbone, build_model, feature_width
-from fastbt.step import TrainStep
+from fastbt.train import loop, losses, model
+from fastbt.train.model import ARCHS, build_backbone, build_model, feature_width
+from fastbt.train.step import TrainStep
+import pipelines
 from pipelines.augment import AugSpec
 from pipelines.loader import NormalizedBatches, TwoViewLoader
 from pipelines.order import batch_seed, rank_range
@@ -31,16 +32,16 @@ class RandomCrops:
     def __init__(self, path, *, aug, batch_size, device, rank, world_size, seed, workers):
         self.dataset_size, self.num_classes = IMAGES, CLASSES
         self.size, self.batch_size, self.device = aug.size, batch_size, torch.device(device)
-        self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, 0
+        self.rank, self.world_size, self.seed, self.epoch, self.skip = rank, world_size, seed, 0, 0
 
     def __len__(self):
         return (self.dataset_size // self.world_size) // self.batch_size
 
-    def set_epoch(self, epoch):
-        self.epoch = epoch
+    def set_epoch(self, epoch, skip=0):
+        self.epoch, self.skip = epoch, skip
 
     def __iter__(self):
-        for i in range(len(self)):
+        for i in range(self.skip, len(self)):
             g = torch.Generator().manual_seed(batch_seed(self.seed, self.rank, self.epoch, i))
             crops = torch.randint(0, 256, (2, self.batch_size, 3, self.size, self.size), generator=g,
                                   dtype=torch.uint8)

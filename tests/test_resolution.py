@@ -10,12 +10,9 @@ import torch
 
 import pipelines
 from fastbt import config
-from fastbt.model import build_model
-from fastbt.step import TrainStep
-from pipelines.sample_images import make_image_folder
+from fastbt.train.model import build_model
+from fastbt.train.step import TrainStep
 from pipelines.augment import AugSpec
-from pipelines.convert import convert
-from pipelines.options import Options
 from pipelines.resolution import Resolution, size_at, sizes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,7 +57,7 @@ def test_the_fast_preset_ramps_160_to_224_in_three_sizes_and_the_paper_preset_is
 
 def test_a_schedule_that_would_exceed_the_recompile_limit_is_refused():
     from fastbt.errors import ConfigError
-    from fastbt.run import _check_compiled_sizes
+    from fastbt.train.run import _check_compiled_sizes
 
     cfg = config.load(None, ["aug.resolution.start=32", "aug.resolution.multiple=8",
                              "aug.resolution.ramp_end_epoch=100", "train.epochs=101"])
@@ -74,14 +71,8 @@ RAMP = Resolution(start=16, ramp_start_epoch=0, ramp_end_epoch=2, multiple=8)  #
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("resolution")
-    make_image_folder(root / "src", classes=("a", "b"), per_class=6, size=(64, 48))
-    paths = {"torchvision": str(root / "src")}
-    for fmt in ("ffcv", "dali"):
-        convert(root / "src", root / fmt, Options(fmt, shard_size=5), workers=2, progress=False)
-        paths[fmt] = str(root / fmt)
-    return paths
+def data(colour_datasets):
+    return colour_datasets[0]  # {backend: path}
 
 
 @pytest.mark.parametrize("backend", ["torchvision", "ffcv", "dali"])
@@ -89,7 +80,7 @@ def test_every_backend_crops_at_the_epochs_size_and_replays_an_epoch(backend, da
     if backend == "dali":
         pytest.importorskip("nvidia.dali")
     aug = AugSpec(size=32, resolution=RAMP)
-    crops = pipelines.resolve(pipelines.backend(backend).crops)(
+    crops = pipelines.backend(backend).crops(
         data[backend], aug=aug, batch_size=4, device="cpu", rank=0, world_size=1, seed=0, workers=2)
 
     def epoch(e):
@@ -135,7 +126,7 @@ def test_the_compiled_step_keeps_one_graph_per_size(monkeypatch):
 def test_the_projection_integrates_the_step_time_over_the_schedule():
     """A step whose time per pair is a + b x pixels (a fixed cost plus a per-pixel one) is projected
     exactly from its two ends; end to end follows the step where the step is the slower."""
-    from fastbt import verdict
+    from fastbt.profiling import verdict
 
     def seconds_per_pair(size):
         return 1e-3 + 1e-5 * size ** 2
@@ -159,13 +150,13 @@ def test_the_projection_integrates_the_step_time_over_the_schedule():
 def test_profile_measures_the_step_at_both_ends_of_the_schedule(images, tiny, tmp_path):
     import json
 
-    from fastbt import profile
+    from fastbt.profiling import windows
 
     cfg = config.load(None, [*tiny, f"data.path={images}", "profile.warmup_steps=1", "profile.steps=1",
                              "profile.repeats=2", "train.batch_size=4", "train.epochs=3",
                              "aug.resolution.start=16", "aug.resolution.ramp_end_epoch=2",
                              "aug.resolution.multiple=16"])
-    profile.profile(cfg, tmp_path / "p")
+    windows.profile(cfg, tmp_path / "p")
     r = json.loads((tmp_path / "p" / "report.json").read_text())
     assert set(r["windows"]) == {"loader", "step", "end_to_end", "step_start"}
     proj = r["projection"]

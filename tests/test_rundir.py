@@ -1,4 +1,4 @@
-"""What `fastbt pretrain` does with train.out_dir before it trains (fastbt.rundir, fastbt.loop's
+"""What `fastbt pretrain` does with train.out_dir before it trains (fastbt.train.rundir, fastbt.train.loop's
 path checks): a folder it did not make is refused untouched, a run whose checkpoints are gone keeps
 its log and config, temporary files of a killed run go, and refusals come before any change."""
 
@@ -10,9 +10,10 @@ import sys
 
 import pytest
 
-from fastbt import config, dist, rundir, runlog
+from fastbt import config, dist, runlog
 from fastbt.cli import main
 from fastbt.errors import RunDirError
+from fastbt.train import rundir
 
 import torch
 

@@ -1,5 +1,5 @@
 """Class mixing per batch, on a class-sorted source of 20 classes: every loader's batches hold about
-as many distinct classes as uniformly random batches do (tests/mixing.py has the exact expectation),
+as many distinct classes as uniformly random batches do (pipelines/class_mixing.py has the exact expectation),
 and so does DALI's stock streaming reader over fastbt's shuffled shards; over class-sorted shards
 (as fastbt wrote them before) it does not, which shows the measurement can fail.
 
@@ -14,7 +14,7 @@ from pipelines.sample_images import make_image_folder
 from pipelines.class_mixing import class_sorted_shards, expected_distinct, mean_distinct, streamed_label_batches
 from pipelines.augment import AugSpec
 from pipelines.convert import convert
-from pipelines.options import Options
+from pipelines.convert.options import Options
 
 CLASSES, PER_CLASS, BATCH = 20, 24, 24
 BUFFER = 3 * PER_CLASS  # the stock reader's initial_fill: three shards, as 4096 is to ImageNet's 1000
@@ -63,7 +63,7 @@ def test_loader_batches_mix_classes_like_uniformly_random_batches(backend, datas
 
 
 def test_a_streaming_reader_mixes_shuffled_shards_but_not_class_sorted_ones(datasets):
-    from pipelines.manifest import load
+    from pipelines.convert.manifest import load
 
     shuffled, sorted_ = load(datasets["dali"]), load(datasets["sorted"])
     for epoch in (0, 3):

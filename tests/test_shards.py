@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 
 from pipelines.sample_images import make_image_folder
-from pipelines import convert as convert_module
-from pipelines import dali_data, ffcv_data, shards
+from pipelines.convert import driver as convert_module
+from pipelines.convert import shards
+from pipelines.dali_backend import index as dali_index
+from pipelines.ffcv_backend import beton
 from pipelines.convert import convert
 from pipelines.errors import DataError
-from pipelines.options import Options
+from pipelines.convert.options import Options
 
 CLASSES, PER_CLASS, SHARD = 4, 6, 5
 
@@ -93,14 +95,14 @@ def test_an_ffcv_conversion_writes_no_dali_index(source, tmp_path, monkeypatch):
         raise AssertionError("a DALI index written for an FFCV dataset")
 
     spooled = []
-    real_write_beton = ffcv_data.write_beton
+    real_write_beton = beton.write_beton
 
     def write_beton(path, tars, workers, progress):
         spooled.extend(sorted(p.name for p in tars[0].parent.iterdir()))
         return real_write_beton(path, tars, workers, progress)
 
-    monkeypatch.setattr(dali_data, "write_index", no_index)
-    monkeypatch.setattr(ffcv_data, "write_beton", write_beton)
+    monkeypatch.setattr(dali_index, "write_index", no_index)
+    monkeypatch.setattr(beton, "write_beton", write_beton)
     m = _convert(source, tmp_path / "ffcv", seed=0, fmt="ffcv")
     assert m.num_images == CLASSES * PER_CLASS
     assert spooled == [f"shard-{i:06d}.tar" for i in range(5)]

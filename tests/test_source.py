@@ -1,4 +1,13 @@
-"""pipelines.source: listing an ImageNet-layout folder and reading every kind of file robustly."""
+"""pipelines.convert.source: listing an ImageNet-layout folder and reading every kind of file
+robustly; hostile folders (symlink loops, unlistable folders, non-UTF-8 names) end in a listed reason
+or one error line, converted as far as they can be."""
+
+import contextlib
+import errno
+import os
+import shutil
+import signal
+from pathlib import Path
 
 import io
 
@@ -6,10 +15,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from checks import one_error_line
+from fastbt.cli import main
 from pipelines.sample_images import broken_jpegs, flat_image, make_image_folder, natural_image
-from pipelines import jpeg_check, source
+from pipelines.convert import convert, jpeg_check, manifest, source
+from pipelines.convert.options import Options
+from pipelines.convert.source import UnreadableImage, fit_within, read_rgb, scan
 from pipelines.errors import DataError
-from pipelines.source import UnreadableImage, fit_within, read_rgb, scan
 
 RNG = np.random.default_rng(0)
 COLOR = (200, 90, 40)
@@ -137,39 +149,121 @@ def test_huge_jpeg_is_decoded_at_reduced_scale_and_huge_png_refused(tmp_path, mo
     assert Image.MAX_IMAGE_PIXELS == 500_000  # PIL's own limit is restored after opening
 
 
-def _natural_jpeg(mode="RGB", **save):
-    out = io.BytesIO()
-    natural_image((160, 120), np.random.default_rng(3)).convert(mode).save(out, "JPEG", quality=90, **save)
-    return out.getvalue()
+# ---- hostile folders: symlink loops and second links, unlistable folders, non-UTF-8 names --------
+
+def _convert(src, out, fmt="dali", **options):
+    options = {"max_resolution": 64, "shard_size": 4, **options}
+    return convert(src, out, Options(fmt, **options), workers=2, progress=False, log=lambda msg: None)
 
 
-@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
-@pytest.mark.parametrize("case", ["cut_in_half", "eoi_mid_scan", "tall_header"])
-def test_read_rgb_refuses_a_jpeg_whose_data_ends_before_its_image(tmp_path, case, mode):
-    # Before: "eoi_mid_scan" and "tall_header" decoded, gray from the break on, and were kept.
-    path = tmp_path / "broken.jpg"
-    path.write_bytes(broken_jpegs(_natural_jpeg(mode))[case])
-    with pytest.raises(UnreadableImage, match="truncated or corrupt .*(truncated|premature end)"):
-        read_rgb(path, 64)
+class _TooLong(Exception):
+    """Not an OSError, which os.walk would swallow."""
 
 
-@pytest.mark.parametrize("mode, save", [("RGB", {}), ("RGB", {"progressive": True}), ("L", {}),
-                                        ("CMYK", {}), ("RGB", {"subsampling": 0})])
-def test_read_rgb_keeps_whole_jpegs_even_when_they_end_in_mid_gray(tmp_path, mode, save):
-    path = tmp_path / "whole.jpg"
-    path.write_bytes(_natural_jpeg(mode, **save))
-    expected = Image.open(path).convert("RGB")  # full size: no draft scaling, no resize
-    np.testing.assert_array_equal(np.asarray(read_rgb(path)), np.asarray(expected))
-    # An all mid-gray image decodes exactly like the decoder's fill: the second look must keep it.
-    Image.new(mode, (40, 30), {"RGB": (128,) * 3, "L": 128, "CMYK": (127,) * 4}[mode]).save(path, "JPEG", **save)
-    assert read_rgb(path, 64).size == (40, 30)
+@contextlib.contextmanager
+def _within(seconds: float):
+    """Fail, not hang, if the block runs longer (a scan that follows loops grows exponentially)."""
+    def too_long(signum, frame):
+        raise _TooLong(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, too_long)
+    signal.setitimer(signal.ITIMER_REAL, seconds, 1.0)  # and every second after, until it stops
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
-def test_without_libturbojpeg_a_gray_last_row_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(jpeg_check, "_turbojpeg", lambda: None)
-    path = tmp_path / "broken.jpg"
-    path.write_bytes(broken_jpegs(_natural_jpeg())["tall_header"])
-    with pytest.raises(UnreadableImage, match="gray fill"):
-        read_rgb(path, 64)
-    path.write_bytes(_natural_jpeg())
-    assert read_rgb(path, 64).size == (64, 48)
+def test_symlink_loops_and_second_links_are_read_once_and_listed(tmp_path):
+    src = tmp_path / "src"
+    make_image_folder(src, classes=("a", "b", "c"), per_class=4)
+    outside = tmp_path / "elsewhere"
+    make_image_folder(outside, classes=("x",), per_class=2)
+    (src / "a" / "up").symlink_to("..")  # the issue's loop: 200 images became 9,000
+    (src / "b" / "self").symlink_to(".")
+    (src / "c" / "sub").mkdir()
+    (src / "c" / "sub" / "back").symlink_to("../..")
+    (src / "a" / "b_again").symlink_to("../b")  # a second link to another class's folder
+    (src / "a" / "ext").symlink_to(outside / "x")  # a plain symlinked folder: followed, once
+    (src / "b" / "ext_again").symlink_to(outside / "x")
+
+    with _within(30):
+        scanned = source.scan(src)
+    paths = [s.path for s in scanned.samples]
+    assert len(paths) == len(set(paths)) == 14  # 12 + the 2 linked ones, each once
+    assert sorted((s.path.split("/")[0], s.label) for s in scanned.samples) == sorted(
+        [("a", 0)] * 6 + [("b", 1)] * 4 + [("c", 2)] * 4)
+    assert {p for p in paths if "/ext/" in p} == {"a/ext/x_0000.JPEG", "a/ext/x_0001.JPEG"}
+    reasons = {s.path: s.reason for s in scanned.ignored}
+    assert reasons["a/up/"].startswith("the same folder as ./ (a symlink loop")
+    assert reasons["b/self/"].startswith("the same folder as b/")
+    assert reasons["c/sub/back/"].startswith("the same folder as ./")
+    assert reasons["a/b_again/"].startswith("the same folder as b/")
+    assert reasons["b/ext_again/"].startswith("the same folder as a/ext/")
+
+    m = _convert(src, tmp_path / "out")
+    assert m.num_images == 14 and m.images_per_class == {"a": 6, "b": 4, "c": 4}
+    assert {s["path"] for s in m.skipped if "same folder" in s["reason"]} == {
+        "a/up/", "b/self/", "c/sub/back/", "a/b_again/", "b/ext_again/"}
+
+
+def _locked(monkeypatch, *names):
+    """os.scandir refuses these folders, as for a non-root user without read permission (the
+    tests run as root, which permissions do not stop)."""
+    real = os.scandir
+
+    def scandir(path="."):
+        if Path(path).name in names:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real(path)
+
+    monkeypatch.setattr(source.os, "scandir", scandir)
+
+
+def test_an_unlistable_folder_is_listed_as_unreadable_and_counted(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    make_image_folder(src, classes=("a", "b", "c"), per_class=4)
+    (src / "b" / "locked").mkdir()
+    make_image_folder(src / "b" / "locked", classes=("deeper",), per_class=2)
+    _locked(monkeypatch, "locked", "c")
+
+    with pytest.raises(DataError, match=r"2 of 10 image files are unreadable .*more than --max-unreadable 0.01"):
+        _convert(src, tmp_path / "out")
+    m = _convert(src, tmp_path / "out", max_unreadable=0.25)
+    unreadable = {s["path"]: s["reason"] for s in m.skipped if s["kind"] == "unreadable"}
+    assert unreadable == {"b/locked/": "cannot list folder (PermissionError: Permission denied)",
+                          "c/": "cannot list folder (PermissionError: Permission denied)"}
+    assert m.classes == {"a": 0, "b": 1, "c": 2} and m.images_per_class == {"a": 4, "b": 4, "c": 0}
+
+
+def test_an_unlistable_source_root_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    src = tmp_path / "locked"
+    make_image_folder(src, classes=("a",), per_class=1)
+    _locked(monkeypatch, "locked")
+    assert main(["convert", str(src), str(tmp_path / "out"), "--format", "dali"]) == 2
+    assert "locked: cannot be listed (Permission denied)" in one_error_line(capsys.readouterr().err)
+
+
+def test_names_that_are_not_utf8_are_converted_and_shown_escaped(tmp_path, capsys):
+    src = tmp_path / "src"
+    make_image_folder(src, classes=("a",), per_class=2)
+    raw = os.fsencode(src)
+    make_image_folder(os.fsdecode(raw + b"/caf\xe9"), classes=("\udcff_cls",), per_class=2)  # Latin-1 names
+    os.rename(raw + b"/a/a_0000.JPEG", raw + b"/a/\xe9t\xe9.JPEG")
+    (Path(os.fsdecode(raw + b"/a/bad\xfe.jpg"))).write_text("not an image")
+    cafe = Path(os.fsdecode(raw + b"/caf\xe9"))
+    shutil.move(cafe / "\udcff_cls", src / "\udcff_cls")
+    cafe.rmdir()
+
+    out = tmp_path / "out"
+    assert main(["convert", str(src), str(out), "--format", "dali", "--max-resolution", "64",
+                 "--max-unreadable", "0.5"]) == 0
+    assert "converted 4 of 5 image files (1 unreadable" in capsys.readouterr().out
+    text = (out / manifest.MANIFEST_NAME).read_bytes().decode("utf-8")  # strict: valid UTF-8
+    m = manifest.read(out)
+    assert m.classes == {"a": 0, "\\xff_cls": 1} and m.images_per_class == {"a": 2, "\\xff_cls": 2}
+    assert [s["path"] for s in m.skipped] == ["a/bad\\xfe.jpg"]
+    assert "\\ud" not in text  # no lone surrogates (which strict JSON readers refuse)
+    assert main(["inspect", str(out)]) == 0
+    assert "verified:" in capsys.readouterr().out

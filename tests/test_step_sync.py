@@ -11,20 +11,12 @@ import pytest
 import torch
 
 from fastbt import config, dist
-from fastbt.demo_data import make_demo_folder
-from fastbt.run import build_run
+from fastbt.train.run import build_run
 
 import distributed
 
 TINY = ["data.backend=torchvision", "data.workers=0", "model.arch=resnet18", "model.projector=[32,32]",
         "aug.size=32", "train.batch_size=8", "logging.progress_bar=false", "runtime.compile=false"]
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes")
-    make_demo_folder(root, per_class=2, size=40)
-    return root
 
 
 def _host_read(*args, **kwargs):

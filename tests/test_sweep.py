@@ -2,9 +2,9 @@
 
 import pytest
 
-from fastbt import sweep
 from fastbt.cli import main
 from fastbt.errors import ConfigError
+from fastbt.profiling import sweep
 
 
 def test_a_key_swept_twice_is_refused_naming_the_merged_spec():

@@ -1,0 +1,1 @@
+"""Frozen-backbone evaluation: features, the kNN protocol, the linear probe, loading weights."""

@@ -1,5 +1,0 @@
-"""Fused ops. Importing this package registers the `fastbt::` torch.library custom ops."""
-from fastbt.ops.reference import reference_loss
-from fastbt.ops.xcorr import barlow_twins_loss
-
-__all__ = ["barlow_twins_loss", "reference_loss"]

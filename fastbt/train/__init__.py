@@ -1,0 +1,1 @@
+"""Pretraining: the model, its loss and optimizer, the step, the loop and the run directory."""

@@ -1,0 +1,53 @@
+"""Helpers for tests of what a user sees: exactly one error line, and code run in a fresh Python
+with a timeout (a regression that hangs fails its test instead of hanging the suite)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+HANG = 180  # seconds: an FFCV conversion of 24 tiny images takes ~20 s here (~9 s importing ffcv)
+
+
+def one_error_line(err: str) -> str:
+    """The one line of stderr that says "error:"; no traceback."""
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def run_python(code: str, timeout: int = HANG) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh Python that sees this tree and tests/; a hang fails the test."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+    try:
+        return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                              text=True, timeout=timeout, env=env, cwd=REPO)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"hung: no exit within {timeout} s\n{err.stderr}")
+
+
+def convert_code(src, out, fmt: str, workers: int, patch: str = "") -> str:
+    """`fastbt convert` of `src` (64 px, shards of 4) as code for `run_python`, after `patch`."""
+    return f"""
+        import errno, os, sys
+        {patch}
+        from fastbt.cli import main
+        sys.exit(main(["convert", {str(src)!r}, {str(out)!r}, "--format", {fmt!r}, "--max-resolution",
+                       "64", "--shard-size", "4", "--workers", "{workers}"]))
+    """
+
+
+def assert_disk_full(result: subprocess.CompletedProcess, partial: Path) -> None:
+    """A conversion that filled the disk: exit 2, one line saying so, no cut-short file left."""
+    assert result.returncode == 2, result.stderr
+    line = one_error_line(result.stderr)
+    assert f"no space left on device while writing {partial}" in line, line
+    assert line.endswith("MB and rerun to resume") and " free " in line, line
+    assert not list(partial.rglob("*.tmp"))  # cut-short files are removed at once
