@@ -21,7 +21,7 @@ USER_ERRORS = (ConfigError, DataError, DeviceError, RunDirError)
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML config file (overrides of configs/base.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
-                        help="override one config value, e.g. optim.epochs=100")
+                        help="override one config value, e.g. train.epochs=100")
 
 
 def _show_config(args: argparse.Namespace) -> None:
