@@ -462,3 +462,13 @@ def test_a_file_name_with_a_newline_stays_on_one_line_in_messages_and_the_unread
     assert len(listing) == 1 and listing[0].startswith("a/bad\\nname.jpg\t")
     err = capsys.readouterr().err.splitlines()
     assert any(line.endswith("a/bad\\nname.jpg: not an image") or "a/bad\\nname.jpg:" in line for line in err)
+
+
+@pytest.mark.parametrize("line", [b'{"format": "dali"}', b"[1, 2]", b"7", b'"plan"'])
+def test_a_journal_line_that_is_json_but_no_record_counts_as_torn(odd, tmp_path, line):
+    partial = tmp_path / "out.partial"
+    (partial / "shards").mkdir(parents=True)
+    (partial / convert_module.JOURNAL_NAME).write_bytes(line + b"\n")
+    m = convert(odd.root, tmp_path / "out", Options("dali", **OPTIONS), workers=1, progress=False,
+                log=lambda msg: None)
+    assert m.num_images == 18
