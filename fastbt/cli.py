@@ -202,7 +202,7 @@ def _add_eval(sub) -> None:
     linear.add_argument("--cached-features", action="store_true",
                         help="train on features of center crops extracted once (fast, approximate)")
     linear.add_argument("--out", help="probe directory (default: <weights stem>_linear[_cached] "
-                                      "beside the weights)")
+                                      "beside the weights); the result goes to OUT.json")
 
 
 def _check_writable_file(path: str | None) -> None:
