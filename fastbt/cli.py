@@ -64,6 +64,7 @@ def _export(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.is_dir():
         raise DataError(f"{out}: is a folder; name the file to write, e.g. {out / 'resnet50.pth'}")
+    _check_writable_file(args.out)  # a missing folder: one line naming it, not our temp file's errno
     if out.exists() and out.resolve() == Path(args.checkpoint).resolve():
         raise DataError(f"{out}: is the checkpoint being exported; name another file")
     try:
