@@ -54,7 +54,7 @@ DEMO_FILES = re.compile("|".join([
     r"data/train_ffcv(\.partial)?/(data\.beton|manifest\.json|journal\.jsonl|unreadable\.txt|\.lock"
     r"|shards/[^/]+|[^/]+\.tmp)",
     r"run/(previous-[^/]+/)?(config\.yaml|log\.jsonl|ckpt_\d+\.pt|backbone\.pth|curves\.png|\.lock"
-    r"|\.[^/]+\.tmp)",
+    r"|\.fastbt-run|\.[^/]+\.tmp)",
     r"run/tb/[^/]+",
     r"profile/(report\.json|report\.md|phases\.png|throughput\.png|trace\.json|\.[^/]+\.tmp)",
 ]))
