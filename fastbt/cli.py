@@ -21,7 +21,7 @@ USER_ERRORS = (ConfigError, DataError, DeviceError, RunDirError)
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML config file (overrides of configs/base.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
-                        help="override one config value, e.g. optim.epochs=100")
+                        help="override one config value, e.g. train.epochs=100")
 
 
 def _show_config(args: argparse.Namespace) -> None:
@@ -80,6 +80,7 @@ def _export(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.is_dir():
         raise DataError(f"{out}: is a folder; name the file to write, e.g. {out / 'resnet50.pth'}")
+    _check_writable_file(args.out)  # a missing folder: one line naming it, not our temp file's errno
     if out.exists() and out.resolve() == Path(args.checkpoint).resolve():
         raise DataError(f"{out}: is the checkpoint being exported; name another file")
     try:
@@ -228,7 +229,7 @@ def _add_eval(sub) -> None:
     linear.add_argument("--cached-features", action="store_true",
                         help="train on features of center crops extracted once (fast, approximate)")
     linear.add_argument("--out", help="probe directory (default: <weights stem>_linear[_cached] "
-                                      "beside the weights)")
+                                      "beside the weights); the result goes to OUT.json")
 
 
 def _check_writable_file(path: str | None) -> None:

@@ -72,6 +72,15 @@ def test_export_to_a_folder_or_onto_its_own_checkpoint_is_refused(tmp_path, caps
     assert ckpt.read_bytes() == before
 
 
+def test_export_into_a_missing_folder_names_that_folder(tmp_path, capsys):
+    import torch
+
+    ckpt = tmp_path / "ckpt_000000001.pt"
+    torch.save({"model": {"backbone.conv1.weight": torch.ones(2)}, "step": 1}, ckpt)
+    one_line_refusal(capsys, ["export", str(ckpt), str(tmp_path / "missing" / "r50.pth")],
+                     f"its folder {tmp_path / 'missing'} does not exist")
+
+
 def test_eval_knn_out_in_a_missing_folder_is_refused_before_evaluating(tmp_path, capsys):
     one_line_refusal(capsys, ["eval", "knn", "--weights", str(tmp_path / "w.pth"), "--out",
                               str(tmp_path / "missing" / "knn.json")], "does not exist")

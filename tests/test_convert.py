@@ -692,3 +692,13 @@ def test_inspect_reports_a_stored_jpeg_whose_data_ends_before_the_image(converte
         f.write(cut + bytes(first.size - len(cut)))  # same size: the index and manifest still agree
     assert main(["inspect", str(folder)]) == 2
     assert "premature end" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("line", [b'{"format": "dali"}', b"[1, 2]", b"7", b'"plan"'])
+def test_a_journal_line_that_is_json_but_no_record_counts_as_torn(odd, tmp_path, line):
+    partial = tmp_path / "out.partial"
+    (partial / "shards").mkdir(parents=True)
+    (partial / convert_module.JOURNAL_NAME).write_bytes(line + b"\n")
+    m = convert(odd.root, tmp_path / "out", Options("dali", **OPTIONS), workers=1, progress=False,
+                log=lambda msg: None)
+    assert m.num_images == 18

@@ -247,3 +247,15 @@ def test_a_converted_dataset_is_recognized_and_evaluated(fmt, shapes, random_wei
     assert probe_cli(random_weights, tmp_path, tmp_path / "probe", "eval.linear.epochs=1",
                      "data.workers=1") == 0
     assert runlog.read(tmp_path / "probe" / "log.jsonl")[0]["train_images"] == 80  # the format's crops
+
+
+def test_two_probes_with_their_own_out_keep_their_own_results(random_weights, shapes, tmp_path):
+    weights = tmp_path / "r18.pth"
+    shutil.copy(random_weights, weights)
+    flags = ["--cached-features"]
+    assert probe_cli(weights, shapes, tmp_path / "lr_a", "eval.linear.epochs=1", flags=flags) == 0
+    assert probe_cli(weights, shapes, tmp_path / "lr_b/", "eval.linear.epochs=1", "eval.linear.lr=0.1",
+                     flags=flags) == 0
+    a, b = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("lr_a", "lr_b"))
+    assert (a["recipe"]["lr"], b["recipe"]["lr"]) == (0.3, 0.1)
+    assert not (tmp_path / "r18_linear_cached.json").exists()  # nothing written for a probe not run

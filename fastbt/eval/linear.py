@@ -12,7 +12,7 @@ augmentation) and the head trains on those: a fast, approximate probe.
 
 The probe's directory holds log.jsonl (one record per epoch: loss, lr, top-1, top-5) and a
 checkpoint after every epoch (atomic, the two newest kept); the same command run again resumes
-from the newest. The result is written as JSON beside the weights.
+from the newest. The result is written as JSON to <probe directory>.json (beside the weights by default).
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ def _train_head(lin, head: nn.Module, optimizer, train_batches, val: tuple, save
 
 def linear_probe(cfg: Config, weights: str | Path, cached: bool = False,
                  out_dir: str | Path | None = None) -> dict:
-    """Train and score the linear head; returns the result (also written beside the weights)."""
+    """Train and score the linear head; returns the result (also written to <out_dir>.json)."""
     ev, lin = cfg.eval, cfg.eval.linear
     name = "linear_cached" if cached else "linear"
     out_dir = Path(out_dir) if out_dir else Path(weights).with_name(f"{Path(weights).stem}_{name}")
@@ -231,5 +231,6 @@ def linear_probe(cfg: Config, weights: str | Path, cached: bool = False,
               "num_val": val.size, "recipe": config.to_dict(lin), "size": ev.size, "resize": ev.resize,
               "out_dir": str(out_dir), "device": str(device), "extract_seconds": extract_seconds,
               "train_seconds": sum(r["seconds"] for r in history)}
-    write_result(result, beside(weights, name))
+    # <out_dir>.json: beside the weights by default; two probes with their own --out keep their own
+    write_result(result, out_dir.with_name(out_dir.name + ".json"))
     return result

@@ -83,13 +83,13 @@ def read_journal(journal: Path) -> tuple[dict, dict[int, ShardResult]]:
     for line in journal.read_text().splitlines():
         try:
             record = json.loads(line)
-        except ValueError:  # a line torn by a crash: that shard was not recorded
-            continue
-        if "plan" in record:
-            plan = record["plan"]
-        else:
+            if "plan" in record:
+                plan = record["plan"]
+                continue
             result = ShardResult.from_json(record)
-            finished[result.index] = result  # a redone shard's later line wins
+        except (ValueError, KeyError, TypeError):  # a line torn by a crash (or not ours): not recorded
+            continue
+        finished[result.index] = result  # a redone shard's later line wins
     return plan, finished
 
 
