@@ -40,7 +40,12 @@ def _add_config(sub) -> None:
 def _pretrain(args: argparse.Namespace) -> None:
     from fastbt import config, loop
 
-    loop.pretrain(config.load(args.config, args.overrides))
+    try:
+        cfg = config.load(args.config, args.overrides)
+    except ConfigError as err:
+        err.same_on_every_rank = True  # every rank reads the same command line and file
+        raise
+    loop.pretrain(cfg)
 
 
 def _add_pretrain(sub) -> None:
@@ -326,16 +331,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _rank() -> int:
+    """This process's rank under torchrun (0 without it)."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
     except USER_ERRORS as err:
-        print(f"fastbt {args.command}: error: {err}", file=sys.stderr)
+        if not (getattr(err, "same_on_every_rank", False) and _rank() > 0):  # rank 0 says it once
+            print(f"fastbt {args.command}: error: {err}", file=sys.stderr)
         return 2
     except RunStopped as err:
         print(f"fastbt {args.command}: stopped: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # a second Ctrl-C in pretraining, or one before its loop
+        print(f"fastbt {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

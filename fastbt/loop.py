@@ -9,6 +9,7 @@ time, on preemption and at the end.
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -17,11 +18,11 @@ from tqdm import tqdm
 
 from fastbt import checkpoint, config, dist, plot, rundir
 from fastbt.config import Config
-from fastbt.errors import RunStopped
+from fastbt.errors import ConfigError, RunDirError, RunStopped
 from fastbt.evaluate import KnnEval
 from fastbt.meter import Meter
-from fastbt.run import build_run
-from fastbt.runlog import RunLog
+from fastbt.run import build_run, require_data_path
+from fastbt.runlog import RunLog, require_tensorboard
 
 
 class NonFiniteLoss(RunStopped):
@@ -29,16 +30,21 @@ class NonFiniteLoss(RunStopped):
 
 
 class PreemptionFlag:
-    """SIGTERM / SIGUSR1 (what schedulers send before a kill) set a flag the loop polls."""
+    """SIGTERM / SIGUSR1 (what schedulers send before a kill) and SIGINT (Ctrl-C) set a flag the
+    loop polls. A second Ctrl-C interrupts at once (KeyboardInterrupt)."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
     def __init__(self):
         self.requested = False
+        self.reason = "preempted"
         self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
     def _handle(self, signum, frame):
         self.requested = True
+        if signum == signal.SIGINT:
+            self.reason = "interrupted (Ctrl-C; press it again to stop without a checkpoint)"
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def restore(self):
         for s, handler in self._previous.items():
@@ -58,12 +64,42 @@ class NonFiniteWatch:
     def check(self, last_checkpoint: str | None) -> None:
         step = int(self.first_bad.item())
         if step >= 0:
-            kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else \
-                "no checkpoint was written before it"
-            raise NonFiniteLoss(f"the loss became non-finite at step {step}; stopping ({kept})")
+            raise NonFiniteLoss(f"the loss became non-finite at step {step}; stopping "
+                                f"({_kept(last_checkpoint)})")
+
+
+def check_finite_state(model: torch.nn.Module, step: int, last_checkpoint: str | None) -> None:
+    """Weights and buffers (BN running statistics) must be finite before a checkpoint is written:
+    a finite loss does not prove it. One host sync, at checkpoint time only."""
+    bad = checkpoint.non_finite(model.state_dict())
+    if bad:
+        raise NonFiniteLoss(f"{bad} became non-finite by step {step}; stopping "
+                            f"({_kept(last_checkpoint)})")
+
+
+def _kept(last_checkpoint: str | None) -> str:
+    return f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else \
+        "no checkpoint was written before it"
+
+
+def check_paths(cfg: Config) -> None:
+    """Refuse before anything is written: a missing dataset, or a run directory inside it (its
+    files would become samples of a class named after it)."""
+    require_data_path(cfg)
+    data = Path(cfg.data.path).resolve()
+    if not data.exists() and cfg.data.backend in ("ffcv", "dali", "torchvision"):  # a registered
+        # backend may generate its data
+        raise ConfigError(f"data.path {cfg.data.path} does not exist")
+    out = Path(cfg.train.out_dir).resolve()
+    if out == data or data in out.parents:
+        raise ConfigError(f"train.out_dir {cfg.train.out_dir} is inside data.path {cfg.data.path}; "
+                          "the run's files would be read as samples: choose a folder outside it")
+    if cfg.logging.tensorboard:
+        require_tensorboard()
 
 
 def pretrain(cfg: Config) -> Path:
+    check_paths(cfg)
     world = dist.init(cfg.runtime.device, cfg.runtime.dist_timeout_s)
     try:
         with dist.lost_peers_stop_the_run(world), \
@@ -87,6 +123,7 @@ def _pretrain(cfg: Config, world: dist.World) -> Path:
 
     def save_checkpoint() -> str:
         watch.check(last_checkpoint)  # never save weights that came from a non-finite loss
+        check_finite_state(model, step, last_checkpoint)  # nor non-finite weights or buffers
         if world.is_main:
             return str(checkpoint.save_run(run_dir, step, model, run.optimizer,
                                            derived.steps_per_epoch, cfg))
@@ -137,7 +174,7 @@ def _pretrain(cfg: Config, world: dist.World) -> Path:
                 last_checkpoint_time = time.monotonic()
                 meter.restart()
             if stop:
-                dist.print0(world, f"fastbt: preempted; checkpoint {last_checkpoint} written "
+                dist.print0(world, f"fastbt: {preemption.reason}; checkpoint {last_checkpoint} written "
                                    f"at step {step}, exiting")
                 return run_dir
             epoch_done = step % derived.steps_per_epoch == 0
@@ -156,5 +193,6 @@ def _pretrain(cfg: Config, world: dist.World) -> Path:
         bar.close()
         log.close()
         if world.is_main:  # at the end, on preemption, on a stop: the run so far in one picture
-            plot.curves_at_exit(run_dir)
+            # a full disk or a read-only folder fails the picture too: its one line says it all
+            plot.curves_at_exit(run_dir, quiet=isinstance(sys.exc_info()[1], RunDirError))
 

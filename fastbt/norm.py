@@ -25,9 +25,14 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 
+# torch 2.14 renamed all_gather_tensor (now a deprecated alias, a FutureWarning per call site) to
+# all_gather_single; torch 2.11 has only the old name.
+_all_gather = getattr(funcol, "all_gather_single", None) or funcol.all_gather_tensor
+
+
 def gather_stats(t: torch.Tensor, group) -> torch.Tensor:
     """(K,) per rank -> (W, K): differentiable and traceable (its backward reduce-scatters)."""
-    return funcol.all_gather_tensor(t.unsqueeze(0), 0, group)
+    return _all_gather(t.unsqueeze(0), 0, group)
 
 
 class GlobalBatchNorm(_BatchNorm):

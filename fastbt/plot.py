@@ -8,11 +8,12 @@ here only, when a picture is drawn.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
 from fastbt import runlog
-from fastbt.errors import ConfigError
+from fastbt.errors import ConfigError, RunDirError
 
 CURVES = "curves.png"
 
@@ -33,7 +34,12 @@ def write_curves(run_dir: str | Path) -> Path:
     log = run_dir / "log.jsonl"
     if not log.is_file():
         raise ConfigError(f"{run_dir}: no log.jsonl (not a run directory, or no step logged yet)")
-    records = runlog.read(log)
+    try:
+        records, skipped = runlog.read_valid(log)
+    except OSError as err:
+        raise ConfigError(f"cannot read {log}: {err.strerror or err}") from None
+    if skipped:
+        print(f"fastbt: skipped {skipped} malformed line(s) of {log}", file=sys.stderr)
     fig = Figure(figsize=(10, 6.5), layout="constrained")
     (loss_ax, lr_ax), (rate_ax, knn_ax) = fig.subplots(2, 2, sharex=True)
 
@@ -71,19 +77,25 @@ def write_curves(run_dir: str | Path) -> Path:
     fig.suptitle(f"{'/'.join(run_dir.resolve().parts[-2:])}: {last} steps logged")
     path = run_dir / CURVES
     tmp = run_dir / f".{CURVES}.tmp.png"  # a reader never sees a half-written picture
-    fig.savefig(tmp, dpi=100)
-    tmp.replace(path)
+    try:
+        fig.savefig(tmp, dpi=100)
+        tmp.replace(path)
+    except OSError as err:  # a read-only or immutable run directory, a full disk
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise RunDirError(f"cannot write {path}: {err.strerror or err}") from None
     return path
 
 
-def curves_at_exit(run_dir: str | Path) -> Path | None:
+def curves_at_exit(run_dir: str | Path, quiet: bool = False) -> Path | None:
     """write_curves for the loop's end: a run that logged nothing gets no picture, and one that
-    cannot be drawn is a warning, never a failed run."""
+    cannot be drawn is a warning (none when `quiet`: the run already says why), never a failed run."""
     log = Path(run_dir) / "log.jsonl"
     if not log.is_file() or log.stat().st_size == 0:
         return None
     try:
         return write_curves(run_dir)
     except Exception as err:  # noqa: BLE001 - the run's result must not depend on its picture
-        print(f"fastbt: could not draw {CURVES} ({type(err).__name__}: {err})", file=sys.stderr)
+        if not quiet:
+            print(f"fastbt: could not draw {CURVES} ({type(err).__name__}: {err})", file=sys.stderr)
         return None

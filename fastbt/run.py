@@ -14,6 +14,7 @@ run also owns the loop's body, used by pretraining (`fastbt.loop`), profiling an
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -85,6 +86,11 @@ class Run:
         return self.train(step, *self.views(batches, clock), clock, sync_grads)
 
 
+def require_data_path(cfg: Config) -> None:
+    if not cfg.data.path:
+        raise ConfigError("data.path is not set: give the dataset, e.g. data.path=/data/in1k_ffcv")
+
+
 def build_train_loader(cfg: Config, world: dist.World):
     """This process's loader: its shard of each epoch chosen by the GLOBAL rank (with the local
     rank, every node would read the same shard and a 4-node job a quarter of the data)."""
@@ -96,8 +102,7 @@ def build_train_loader(cfg: Config, world: dist.World):
 
 
 def build_run(cfg: Config, world: dist.World) -> Run:
-    if not cfg.data.path:
-        raise ConfigError("data.path is not set: give the dataset, e.g. data.path=/data/in1k_ffcv")
+    require_data_path(cfg)
     dist.seed_everything(cfg.train.seed)
     loader = build_train_loader(cfg, world)
     derived = config.derive(cfg, world.size, loader.dataset_size)
@@ -124,11 +129,19 @@ def build_train_step(cfg: Config, world: dist.World) -> tuple[nn.Module, torch.o
         torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest conv algorithms once
     # Gradients live in DDP's buckets (no copy in, none out); every parameter is used every step in
     # the same order, so the graph is static. Buffers: global BN keeps them equal on every rank.
-    trained = (torch.nn.parallel.DistributedDataParallel(
-        model, broadcast_buffers=False, gradient_as_bucket_view=True, static_graph=True)
-        if world.distributed else model)
+    trained = wrap_ddp(model) if world.distributed else model
     train_step = TrainStep(trained, optimizer, build_loss(cfg.loss), cfg.runtime, world.device, group)
     return model, optimizer, train_step
+
+
+def wrap_ddp(model: nn.Module) -> nn.Module:
+    """DDP without buffer broadcasts in forward (global BN keeps them equal). torch 2.14 deprecates
+    broadcast_buffers (a FutureWarning per run) for forward_sync_buffers; 2.11 has only the former."""
+    ddp = torch.nn.parallel.DistributedDataParallel
+    no_sync = ({"forward_sync_buffers": False}
+               if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
+               else {"broadcast_buffers": False})
+    return ddp(model, gradient_as_bucket_view=True, static_graph=True, **no_sync)
 
 
 def _check_compiled_sizes(cfg: Config) -> None:

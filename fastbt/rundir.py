@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 import warnings
@@ -35,6 +36,11 @@ from pipelines import folder_lock
 LOCK = ".lock"
 LOG = "log.jsonl"
 CONFIG = "config.yaml"
+# Written (with the lock) into every directory a run uses: what makes a folder a run directory.
+MARKER = ".fastbt-run"
+# Temporary files of our own naming (checkpoint.atomic_write, plot) that a kill -9 can leave behind.
+STALE_TEMP = re.compile(r"^\.(ckpt_\d+\.pt|log\.jsonl|config\.yaml|backbone\.pth)\.tmp$"
+                        r"|^\.curves\.png\.tmp\.png$|^config\.yaml\.tmp$")
 # What train.resume=restart moves aside (into RUN_DIR/previous-<time>/): the previous run's outputs.
 RUN_FILES = ("ckpt_*.pt", LOG, CONFIG, "backbone.pth")
 
@@ -75,6 +81,7 @@ def _agreed(world: dist.World, decide: Callable[[], Any]) -> Any:
         result, message = box[0]
         if error is None and message is not None:
             error = RunDirError(message)
+            error.same_on_every_rank = True  # rank 0 prints it (fastbt.cli)
     if error is not None:
         raise error
     return result
@@ -96,14 +103,51 @@ def exclusive(run_dir: Path, world: dist.World) -> Iterator[None]:
             handle.close()  # closing releases the flock
 
 
-def _lock(run_dir: Path):
+def made_by_fastbt(run_dir: Path) -> bool:
+    """A run directory: it holds our marker, or (made before the marker) the lock file together
+    with a checkpoint or config.yaml."""
+    run_dir = Path(run_dir)
+    if (run_dir / MARKER).exists():
+        return True
+    return (run_dir / LOCK).exists() and bool((run_dir / CONFIG).exists() or checkpoint.checkpoints(run_dir))
+
+
+def refuse_foreign(run_dir: Path) -> None:
+    """Refuse a folder that holds files but was not made by a run: a run would replace them."""
     try:
-        return folder_lock.hold(run_dir, LOCK)
+        names = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
+    except OSError as err:
+        raise RunDirError(f"cannot use {run_dir} as the run directory: {err.strerror or err}") from None
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"train.out_dir {run_dir} is a file, not a directory: choose another train.out_dir")
+    if [n for n in names if n != LOCK] and not made_by_fastbt(run_dir):
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        raise RunDirError(f"train.out_dir {run_dir} holds files no fastbt run wrote ({shown}); a run "
+                          "would replace them: choose another train.out_dir (an empty or new folder)")
+
+
+def _lock(run_dir: Path):
+    refuse_foreign(run_dir)
+    try:
+        handle = folder_lock.hold(run_dir, LOCK)
     except folder_lock.FolderBusy as busy:
         raise RunDirError(f"{run_dir} is in use by another fastbt run ({busy.holder}); wait for it to end, "
                           "or choose another train.out_dir") from None
+    except folder_lock.LockNotWritten as err:
+        raise RunDirError(f"cannot write {err.path}: {err.strerror}"
+                          f"{_FREE_SPACE if checkpoint.disk_full(err) else ''}") from None
     except OSError as err:
         raise RunDirError(f"cannot use {run_dir} as the run directory: {err.strerror or err}") from None
+    try:
+        (run_dir / MARKER).touch()
+    except OSError as err:  # a full disk or a read-only folder: one line, nothing else touched
+        handle.close()
+        raise RunDirError(f"cannot write {run_dir / MARKER}: {err.strerror or err}"
+                          f"{_FREE_SPACE if checkpoint.disk_full(err) else ''}") from None
+    return handle
+
+
+_FREE_SPACE = " (free some space and rerun to resume)"
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,24 +160,36 @@ def prepare(run_dir: Path, cfg: Config, world: dist.World) -> str | None:
 
 
 def _prepare(run_dir: Path, cfg: Config) -> str | None:
+    _remove_stale_temp(run_dir)
     if cfg.train.resume == "restart":
         _set_aside(run_dir)
         path, step = None, 0
     else:
         path, step = _checkpoint_to_resume(run_dir, cfg)
-    _cut_log(run_dir / LOG, step)
-    saved = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, resume="auto"))
-    config.save(saved, run_dir / CONFIG)  # rerunning config.yaml resumes; it never forces or restarts
+    try:
+        _cut_log(run_dir / LOG, step)
+        saved = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, resume="auto"))
+        config.save(saved, run_dir / CONFIG)  # rerunning config.yaml resumes; never forces or restarts
+    except OSError as err:  # a read-only run directory (a full disk is reported by atomic_write)
+        raise RunDirError(f"cannot write in the run directory {run_dir}: {err.strerror or err}") from None
     return path
+
+
+def _remove_stale_temp(run_dir: Path) -> None:
+    """Temporary files a killed run left (we hold the lock: no live writer owns them)."""
+    for path in run_dir.iterdir():
+        if STALE_TEMP.match(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
 
 
 def _checkpoint_to_resume(run_dir: Path, cfg: Config) -> tuple[str | None, int]:
     found = checkpoint.checkpoints(run_dir)
     if not found:
+        _check_without_checkpoint(run_dir, cfg)
         return None, 0
     with warnings.catch_warnings(record=True) as damaged:  # one per damaged checkpoint skipped
         warnings.simplefilter("always")
-        state = checkpoint.load_latest(run_dir)
+        state = checkpoint.load_latest(run_dir, problem=checkpoint.run_state_problem)
     if state is None:  # one line says it all
         raise RunDirError(f"none of the {len(found)} checkpoint(s) in {run_dir} can be read (newest: "
                           f"{found[0].name}); add train.resume=restart to start over from step 0 "
@@ -143,21 +199,45 @@ def _checkpoint_to_resume(run_dir: Path, cfg: Config) -> tuple[str | None, int]:
     if "config" not in state:
         raise RunDirError(f"{state['path']} does not record the config it was made with; add "
                           "train.resume=force to resume from it anyway, or train.resume=restart")
-    changed = [c for c in config_changes(state["config"], cfg) if not c[0].startswith(SAFE_TO_CHANGE)]
+    _check_config(run_dir, state["config"], cfg)
+    return state["path"], int(state["step"])
+
+
+def _check_without_checkpoint(run_dir: Path, cfg: Config) -> None:
+    """No checkpoint left (none written yet, or pruned by hand): the run starts at step 0, which
+    must not wipe a finished run's outputs nor mix a run of another config into this log."""
+    if (run_dir / "backbone.pth").exists():
+        raise RunDirError(f"{run_dir} holds a finished run (backbone.pth) but no checkpoint to "
+                          "resume; add train.resume=restart to move its files aside and start "
+                          "over, or choose another train.out_dir")
+    if not (run_dir / CONFIG).exists():
+        return
+    try:
+        saved = config._read_yaml(run_dir / CONFIG)
+    except Exception as err:  # noqa: BLE001 - any way the file can be wrong: refuse, never replace it
+        raise RunDirError(f"{run_dir / CONFIG} cannot be read ({type(err).__name__}) and no checkpoint "
+                          "remains; add train.resume=restart to move the old files aside and start "
+                          "over") from None
+    _check_config(run_dir, saved, cfg, force_allowed=False)
+
+
+def _check_config(run_dir: Path, saved: dict, cfg: Config, force_allowed: bool = True) -> None:
+    """Refuse (see the module docstring) unless `saved` differs from `cfg` only in SAFE_TO_CHANGE."""
+    if not isinstance(saved, dict):
+        raise RunDirError(f"{run_dir}: the recorded config is not a mapping; add train.resume=restart")
+    changed = [c for c in config_changes(saved, cfg) if not c[0].startswith(SAFE_TO_CHANGE)]
     unfit = [c for c in changed if c[0].startswith(SHAPE_KEYS)]
     if unfit:
         raise RunDirError(f"{run_dir} holds a run of another model ({_describe(unfit)}); its "
                           "checkpoints cannot be resumed with it: choose another train.out_dir, or "
                           "add train.resume=restart to start over here")
-    if changed and cfg.train.resume != "force":
+    if changed and (cfg.train.resume != "force" or not force_allowed):
+        force = "add train.resume=force to resume with the new values, or " if force_allowed else ""
         raise RunDirError(f"{run_dir} holds a run made with another config ({_describe(changed)}); "
-                          f"rerun with its config ({run_dir / CONFIG}) to resume, add "
-                          "train.resume=force to resume with the new values, or "
+                          f"rerun with its config ({run_dir / CONFIG}) to resume, {force}add "
                           "train.resume=restart to start over")
     if changed:
-        print(f"fastbt: train.resume=force: resuming {state['path']} with {_describe(changed)}",
-              flush=True)
-    return state["path"], int(state["step"])
+        print(f"fastbt: train.resume=force: resuming with {_describe(changed)}", flush=True)
 
 
 def config_changes(saved: dict[str, Any], cfg: Config) -> list[tuple[str, Any, Any]]:

@@ -6,6 +6,7 @@ The OS drops an flock when its process dies, so a killed run leaves no stale loc
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import socket
@@ -20,6 +21,15 @@ class FolderBusy(Exception):
     def __init__(self, folder: Path, holder: str):
         self.folder, self.holder = folder, holder
         super().__init__(f"{folder} is in use ({holder})")
+
+
+class LockNotWritten(OSError):
+    """The lock was taken but its holder line could not be written (a full disk, a read-only
+    folder); the lock is released. `path` is the lock file, `errno`/`strerror` the cause."""
+
+    def __init__(self, path: Path, err: OSError):
+        super().__init__(err.errno, err.strerror)
+        self.path = path
 
 
 def hold(folder: Path, name: str = ".lock") -> IO[str]:
@@ -40,8 +50,13 @@ def hold(folder: Path, name: str = ".lock") -> IO[str]:
         print(f"fastbt: warning: cannot lock {folder / name} ({err.strerror}); make sure no other "
               "process uses this folder", file=sys.stderr, flush=True)
         return handle
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"PID {os.getpid()} on {socket.gethostname()}\n")
-    handle.flush()
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"PID {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+    except OSError as err:  # a full disk or a read-only folder: release the lock, name the file
+        with contextlib.suppress(OSError):  # closing flushes the unwritten line again
+            handle.close()
+        raise LockNotWritten(folder / name, err) from None
     return handle

@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 .venv/bin/python -m fastbt.dist  # GPUs present but unusable by torch: one line, exit 2
 NPROC=${NPROC:-$(nvidia-smi -L 2>/dev/null | wc -l)}
 [ "$NPROC" -ge 1 ] || NPROC=1
-exec .venv/bin/torchrun --standalone --nproc_per_node="$NPROC" -m fastbt.cli pretrain "$@"
+exec .venv/bin/python -m fastbt.launch --standalone --nproc_per_node="$NPROC" -m fastbt.cli pretrain "$@"

@@ -10,6 +10,6 @@ cd "$(dirname "$0")/.."
 : "${MASTER_ADDR:?set MASTER_ADDR to a host every node can reach}"
 : "${NNODES:?set NNODES to the number of nodes}"
 NPROC=${NPROC:-$(nvidia-smi -L 2>/dev/null | wc -l)}
-exec .venv/bin/torchrun --nnodes="$NNODES" --nproc_per_node="$NPROC" \
+exec .venv/bin/python -m fastbt.launch --nnodes="$NNODES" --nproc_per_node="$NPROC" \
     --rdzv_backend=c10d --rdzv_endpoint="$MASTER_ADDR:${MASTER_PORT:-29500}" \
     --rdzv_id="${RDZV_ID:-fastbt}" -m fastbt.cli pretrain "$@"

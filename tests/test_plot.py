@@ -1,5 +1,6 @@
 """curves.png from a run's log.jsonl, `fastbt plot`, and the optional TensorBoard copy of the log."""
 
+import errno
 import importlib.util
 import json
 import sys
@@ -43,9 +44,35 @@ def test_by_step_keeps_the_later_record_of_a_step_logged_twice_by_a_resume():
     assert plot.by_step(records, "knn_top1") == ([10], [50.0])
 
 
-def test_plot_draws_a_readable_picture_of_a_running_run(tmp_path, capsys):
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures write_curves saves, to check what they hold."""
+    from matplotlib.figure import Figure
+
+    figures, real = [], Figure.savefig
+
+    def keep(self, *args, **kwargs):
+        figures.append(self)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return figures
+
+
+def xy(line):
+    return [tuple(point) for point in line.get_xydata().tolist()]
+
+
+def test_plot_draws_a_readable_picture_of_a_running_run(tmp_path, capsys, drawn):
     write_log(tmp_path / "run", RECORDS, tail='{"step": 25, "lo')
     assert main(["plot", str(tmp_path / "run")]) == 0
+    (fig,) = drawn
+    loss_ax, lr_ax, rate_ax, knn_ax = fig.axes
+    assert xy(loss_ax.lines[0]) == [(5, 300.0), (10, 250.0), (15, 220.0), (20, 200.0)]
+    assert xy(lr_ax.lines[0]) == [(5, 0.2), (10, 0.4), (15, 0.3), (20, 0.1)]
+    measured, warmup = rate_ax.lines  # the first report (includes warm-up) drawn apart
+    assert xy(measured) == [(10, 90.0), (15, 95.0), (20, 93.0)] and xy(warmup) == [(5, 40.0)]
+    assert [xy(line) for line in knn_ax.lines] == [[(10, 30.0), (20, 45.0)], [(10, 70.0), (20, 85.0)]]
     path = tmp_path / "run" / "curves.png"
     assert capsys.readouterr().out.strip() == f"wrote {path}"
     with Image.open(path) as image:
@@ -54,10 +81,14 @@ def test_plot_draws_a_readable_picture_of_a_running_run(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["curves.png", "log.jsonl"]  # no temp
 
 
-def test_a_run_without_the_knn_monitor_still_gets_its_curves(tmp_path):
+def test_a_run_without_the_knn_monitor_still_gets_its_curves(tmp_path, drawn):
     write_log(tmp_path, [r for r in RECORDS if "loss" in r])
     assert plot.write_curves(tmp_path) == tmp_path / "curves.png"
     assert (tmp_path / "curves.png").stat().st_size > 10_000
+    (fig,) = drawn
+    assert xy(fig.axes[0].lines[0]) == [(5, 300.0), (10, 250.0), (15, 220.0), (20, 200.0)]
+    knn_ax = fig.axes[3]
+    assert not knn_ax.lines and "online kNN monitor off" in knn_ax.texts[0].get_text()
 
 
 def test_plot_of_a_folder_without_a_log_is_a_one_line_error(tmp_path, capsys):
@@ -127,3 +158,48 @@ def test_a_preempted_run_draws_its_curves_and_mirrors_its_log_to_tensorboard(ima
         events = EventAccumulator(str(run_dir / "tb"))
         events.Reload()
         assert [e.step for e in events.Scalars("loss")] == [1, 2, 3]
+
+
+# ---- a damaged log, a folder that cannot be written
+
+GOOD = [{"step": 5, "loss": 300.0, "lr": 0.2, "pairs_per_s": 40.0},
+        {"step": 10, "loss": 250.0, "lr": 0.4, "pairs_per_s": 90.0}]
+BAD = [b"\x89PNG\x00\xff\xfe binary", b'{"step": 6, "loss": NaN}', b'{"step": 7, "loss": "high"}',
+       b'{"step": 8, "lr": [1, 2]}', b'{"loss": 1.0}', b'{"step": 9, "lo', b'[1, 2]',
+       b'{"step": "9", "loss": 1.0}', b'{"step": true, "loss": 1.0}']
+
+
+def write_lines(run_dir, lines):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "log.jsonl").write_bytes(b"".join(line + b"\n" for line in lines))
+
+
+def test_plot_skips_malformed_lines_says_how_many_and_draws_the_rest(tmp_path, capsys, drawn):
+    good = [json.dumps(r).encode() for r in GOOD]
+    write_lines(tmp_path / "run", [good[0], *BAD, good[1]])
+    assert main(["plot", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert err == f"fastbt: skipped {len(BAD)} malformed line(s) of {tmp_path / 'run' / 'log.jsonl'}\n"
+    (fig,) = drawn
+    assert xy(fig.axes[0].lines[0]) == [(5, 300.0), (10, 250.0)]
+
+
+def test_read_valid_does_not_count_a_last_line_still_being_written(tmp_path):
+    (tmp_path / "log.jsonl").write_bytes(json.dumps(GOOD[0]).encode() + b'\n{"step": 10, "lo')
+    assert runlog.read_valid(tmp_path / "log.jsonl") == ([GOOD[0]], 0)
+
+
+def test_plot_into_a_run_directory_it_cannot_write_is_one_line(tmp_path, capsys, monkeypatch):
+    from matplotlib.figure import Figure
+
+    write_lines(tmp_path / "run", [json.dumps(r).encode() for r in GOOD])
+
+    def read_only(self, *args, **kwargs):  # what an immutable (chattr +i) or read-only folder gives
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(Figure, "savefig", read_only)
+    assert main(["plot", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"cannot write {tmp_path / 'run' / 'curves.png'}: Operation not permitted" in err
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["log.jsonl"]

@@ -2,6 +2,7 @@
 unreadable checkpoints, a log with replayed steps, another command writing into it."""
 
 import errno
+import functools
 import json
 import os
 import signal
@@ -18,11 +19,14 @@ from fastbt import checkpoint, config, dist, loop, rundir, runlog
 from fastbt.cli import main
 from fastbt.demo_data import make_demo_folder
 from fastbt.errors import RunDirError
+from fastbt.model import build_model
+from fastbt.optim import build_optimizer
 
 import distributed
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["data.backend=torchvision", "data.workers=0", "model.arch=resnet18", "model.projector=[64,64]",
+TINY = [f"data.path={REPO / 'tests'}",  # exists (checked first); the refusals come before loading
+        "data.backend=torchvision", "data.workers=0", "model.arch=resnet18", "model.projector=[64,64]",
         "aug.size=32", "train.batch_size=16", "optim.warmup_epochs=0", "logging.every_steps=1",
         "logging.progress_bar=false", "runtime.device=cpu", "runtime.compile=false",
         "runtime.precision=fp32"]
@@ -33,12 +37,21 @@ def tiny(run_dir, *extra):
     return config.load(None, [*TINY, f"train.out_dir={run_dir}", *extra])
 
 
+@functools.lru_cache(maxsize=None)
+def model_and_optimizer(projector):
+    """The run's real model and optimizer (what save_run writes and resume_run loads)."""
+    model = build_model("resnet18", projector, channels_last=False)
+    return model, build_optimizer(model, 1e-6, 0.9, 0.001)
+
+
 def fake_run(run_dir, cfg, steps=(3, 6), logged=9):
-    """A run directory as a killed run leaves it: checkpoints at `steps`, log records up to `logged`
-    and a line torn by the kill."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """A run directory as a killed run leaves it: made by a run (its lock), real checkpoints
+    (save_run) at `steps`, log records up to `logged` and a line torn by the kill."""
+    with rundir.exclusive(run_dir, ONE):
+        pass
+    model, optimizer = model_and_optimizer(tuple(cfg.model.projector))
     for step in steps:
-        checkpoint.save(run_dir, step, {"step": step, "config": config.to_dict(cfg)})
+        checkpoint.save_run(run_dir, step, model, optimizer, 5, cfg)
     config.save(cfg, run_dir / "config.yaml")
     lines = [json.dumps({"step": s, "loss": 1.0}) for s in range(1, logged + 1)]
     (run_dir / "log.jsonl").write_text("\n".join(lines) + '\n{"step": 10, "lo')
@@ -46,7 +59,7 @@ def fake_run(run_dir, cfg, steps=(3, 6), logged=9):
 
 
 def snapshot(run_dir):
-    return {p.name: p.read_bytes() for p in sorted(run_dir.iterdir()) if p.is_file() and p.name != ".lock"}
+    return {p.name: p.read_bytes() for p in sorted(run_dir.iterdir()) if p.is_file() and p.name not in (".lock", rundir.MARKER)}
 
 
 def one_line_error(capsys, argv):
@@ -135,8 +148,13 @@ def test_keys_that_do_not_change_the_computation_may_change_on_resume(tmp_path):
     run_dir = fake_run(tmp_path / "run", tiny(tmp_path / "run"))
     cfg = tiny(run_dir, "logging.every_steps=7", "data.workers=3", "train.checkpoint_every_steps=2",
                "runtime.compile=true", "eval.knn.every_epochs=1", "profile.steps=3")
-    assert rundir.prepare(run_dir, cfg, ONE) == str(run_dir / "ckpt_000000006.pt")
+    path = rundir.prepare(run_dir, cfg, ONE)
+    assert path == str(run_dir / "ckpt_000000006.pt")
     assert config.load(run_dir / "config.yaml") == cfg  # the new values are the run's now
+    saved, _ = model_and_optimizer((64, 64))
+    model = build_model("resnet18", (64, 64), channels_last=False)
+    assert checkpoint.resume_run(path, model, build_optimizer(model, 1e-6, 0.9, 0.001)) == 6
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), saved.state_dict().values()))
 
 
 def test_force_resumes_with_the_new_values_but_not_with_another_model(tmp_path, capsys):
