@@ -161,7 +161,7 @@ def write_atomically(path: Path, text: str) -> None:
 
 def work(args) -> int:
     """Run the stages from index args.worker on; exit 3 when the smoke stage failed."""
-    from gpu_stages import DRY, GPU, STAGES, Skipped, use_compile_backend
+    from gpu_stages import DRY, GPU, STAGES, Skipped
     sizes = DRY if args.dry_run else GPU
     use_compile_backend(sizes.compile_backend)
     if sizes.threads:
@@ -184,6 +184,19 @@ def work(args) -> int:
         if name == "smoke" and record["status"] != "ok":
             return 3
     return 0
+
+
+def use_compile_backend(backend: str) -> None:
+    """Make every `torch.compile` in this process use `backend`. The dry run uses aot_eager: dynamo's
+    capture and AOT autograd, where graph breaks, recompiles and the custom ops' fake and autograd
+    registrations can fail as they would on the GPU, without inductor's CPU code generation, which
+    the GPU does not run (it generates Triton kernels) and which took 6.5 minutes for the tiny step
+    alone on a busy 2-core machine."""
+    if backend != "inductor":
+        import functools
+
+        import torch
+        torch.compile = functools.partial(torch.compile, backend=backend)
 
 
 def save_compile_cache(out: Path, first: int) -> None:

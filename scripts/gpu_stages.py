@@ -53,7 +53,7 @@ class Sizes:
     channels_last: bool = True
     threads: int = 0  # torch's CPU threads (0: torch's default)
     end_to_end_compiled: bool = True  # runtime.compile in the end-to-end stages (as training runs)
-    compile_backend: str = "inductor"  # what every torch.compile in fastbt uses (see use_compile_backend)
+    compile_backend: str = "inductor"  # what every torch.compile in fastbt uses (gpu_check.use_compile_backend)
 
 
 GPU = Sizes("cuda", "resnet50", (8192, 8192, 8192), batch=256, size=224, steps=15, smoke_batch=16,
@@ -65,16 +65,6 @@ DRY = Sizes("cpu", "resnet18", (64, 64), batch=8, size=32, steps=3, smoke_batch=
             reps=2, images=40, image_px=48, window_steps=2, precision="fp32", channels_last=False, threads=1,
             compile_backend="aot_eager")
 
-
-def use_compile_backend(backend: str) -> None:
-    """Make every `torch.compile` in this process use `backend`. The dry run uses aot_eager: dynamo's
-    capture and AOT autograd, where graph breaks, recompiles and the custom ops' fake and autograd
-    registrations can fail as they would on the GPU, without inductor's CPU code generation, which
-    the GPU does not run (it generates Triton kernels) and which took 6.5 minutes for the tiny step
-    alone on a busy 2-core machine."""
-    if backend != "inductor":
-        import functools
-        torch.compile = functools.partial(torch.compile, backend=backend)
 
 
 # ---- shared helpers -----------------------------------------------------------------------------

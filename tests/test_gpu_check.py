@@ -111,6 +111,7 @@ class Skipped(Exception):
 
 class Sizes:
     threads = 0
+    compile_backend = "inductor"
 
 DRY = GPU = Sizes()
 GOALS = (3000, 3710)
