@@ -10,7 +10,6 @@ Nothing here imports ffcv or DALI unless their stage runs.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -134,32 +133,6 @@ def peak_memory(device: str) -> dict:
     return {"peak_host_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
 
 
-@contextlib.contextmanager
-def no_host_syncs(device: str):
-    """CUDA: torch's sync debug mode raises at any host sync. CPU has no syncs to catch, so reading
-    a tensor on the host (what would be one on a GPU) raises instead."""
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            yield
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-        return
-    names = ("item", "tolist", "__bool__")
-    saved = {name: getattr(torch.Tensor, name) for name in names}
-
-    def refuse(*args, **kwargs):
-        raise RuntimeError("a host read of a tensor inside the training step (a sync on a GPU)")
-    for name in names:
-        setattr(torch.Tensor, name, refuse)
-    try:
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(torch.Tensor, name, fn)
-
-
 def bench_module(name: str):
     """A scripts/bench_*.py as a module (this folder is on sys.path when gpu_check.py runs)."""
     return importlib.import_module(name)
@@ -197,6 +170,7 @@ def _version(package: str) -> str | None:
 
 def smoke(sizes: Sizes, scratch: Path) -> dict:
     """Augmentation plus one train step (bf16, channels-last on the GPU), host syncs as errors."""
+    from fastbt.train.step import no_host_syncs
     rig = StepRig(sizes, compiled=False, batch=sizes.smoke_batch)
     rig(0)  # warm-up: lazy state (momenta, cudnn plans) may be created here
     synchronize(sizes.device)

@@ -5,13 +5,13 @@ tensor on the host (`.item()`, `.tolist()`, `bool(tensor)`) anywhere on the step
 CUDA (marked gpu) the same steps run under `torch.cuda.set_sync_debug_mode("error")`.
 """
 
-import contextlib
 
 import pytest
 import torch
 
 from fastbt import config, dist
 from fastbt.train.run import build_run
+from fastbt.train.step import no_host_syncs
 
 import distributed
 
@@ -19,20 +19,8 @@ TINY = ["data.backend=torchvision", "data.workers=0", "model.arch=resnet18", "mo
         "aug.size=32", "train.batch_size=8", "logging.progress_bar=false", "runtime.compile=false"]
 
 
-def _host_read(*args, **kwargs):
-    raise AssertionError("a host read of a tensor inside the training step")
-
-
-@contextlib.contextmanager
 def no_host_reads():
-    patched = {name: getattr(torch.Tensor, name) for name in ("item", "tolist", "__bool__")}
-    for name in patched:
-        setattr(torch.Tensor, name, _host_read)
-    try:
-        yield
-    finally:
-        for name, fn in patched.items():
-            setattr(torch.Tensor, name, fn)
+    return no_host_syncs("cpu")  # on the CPU: reading a tensor on the host raises
 
 
 def steps_without_host_reads(world: dist.World, images, out_dir, guard, *extra) -> torch.Tensor:
@@ -51,7 +39,7 @@ def steps_without_host_reads(world: dist.World, images, out_dir, guard, *extra) 
 
 
 def test_a_cpu_step_reads_nothing_back_to_the_host(images, tmp_path):
-    with no_host_reads(), pytest.raises(AssertionError):  # the guard guards
+    with no_host_reads(), pytest.raises(RuntimeError, match="host read"):  # the guard guards
         bool(torch.ones(()))
     world = dist.World(rank=0, local_rank=0, size=1, device=torch.device("cpu"))
     losses = steps_without_host_reads(world, images, tmp_path, no_host_reads, "runtime.precision=fp32")
@@ -69,14 +57,8 @@ def test_a_distributed_cpu_step_with_global_bn_and_ddp_reads_nothing_back(images
     torch.testing.assert_close(losses[0], losses[1])  # the global loss on every rank
 
 
-@contextlib.contextmanager
 def cuda_sync_is_an_error():
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        yield
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    return no_host_syncs("cuda")  # torch's sync debug mode: any host sync raises
 
 
 @pytest.mark.gpu

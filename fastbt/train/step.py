@@ -11,6 +11,7 @@ wraps a step in the DDP model's `no_sync()` to time the backward without communi
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -66,3 +67,29 @@ class TrainStep:
         self.update()
         clock.lap("optimizer")
         return loss.detach() / self.world
+
+
+@contextlib.contextmanager
+def no_host_syncs(device: str):
+    """CUDA: torch's sync debug mode raises at any host sync. CPU has no syncs to catch, so reading
+    a tensor on the host (what would be one on a GPU) raises instead."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return
+    names = ("item", "tolist", "__bool__")
+    saved = {name: getattr(torch.Tensor, name) for name in names}
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("a host read of a tensor inside the training step (a sync on a GPU)")
+    for name in names:
+        setattr(torch.Tensor, name, refuse)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.Tensor, name, fn)
