@@ -283,14 +283,8 @@ def test_a_pretraining_run_stops_in_one_line_when_the_disk_fills(images, tmp_pat
 
 
 @pytest.fixture
-def small_tmpfs(tmp_path):
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                      capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+def small_tmpfs(tmpfs):
+    return tmpfs("1m")  # conftest's tmpfs fixture: mounted, skipped where not allowed, unmounted after
 
 
 def test_a_really_full_tmpfs_gives_the_same_error(small_tmpfs):

@@ -5,7 +5,6 @@ its log and config, temporary files of a killed run go, and refusals come before
 import errno
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -153,14 +152,8 @@ def test_an_out_dir_inside_data_path_is_refused(tmp_path, capsys, through_link):
 # ---- a full disk, a read-only run directory
 
 @pytest.fixture
-def small_tmpfs(tmp_path):
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
-                      capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=True)  # -l: even if a failed run left a file open
+def small_tmpfs(tmpfs):
+    return tmpfs("64k")  # conftest's tmpfs fixture: mounted, skipped where not allowed, unmounted after
 
 
 def fill(folder):
