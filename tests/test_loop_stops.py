@@ -49,7 +49,7 @@ def test_non_finite_weights_or_buffers_are_never_checkpointed(images, tiny_confi
         loop.pretrain(cfg)
     assert [p.name for p in checkpoint.checkpoints(tmp_path / "run")] == ["ckpt_000000002.pt",
                                                                          "ckpt_000000001.pt"]
-    assert checkpoint.non_finite(checkpoint.load_latest(tmp_path / "run")["model"]) is None
+    assert checkpoint.diverged(checkpoint.load_latest(tmp_path / "run")["model"]) is None
 
 
 @pytest.mark.slow  # ~2 min here: a fresh interpreter, imports and a run under load

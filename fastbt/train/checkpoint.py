@@ -14,6 +14,7 @@ fc.* (the official torch.hub format); `read_backbone_state` reads either kind of
 from __future__ import annotations
 
 import errno
+import math
 import os
 import random
 import re
@@ -30,6 +31,12 @@ from fastbt.config import Config
 from fastbt.errors import RunDirError
 from pipelines.errors import DataError
 
+# The scale beyond which a weight or buffer has diverged. Scale: the largest |value|, or for a BN
+# running_var its square root (a standard deviation, like the activations it measures). Every tensor
+# of the models fastbt builds starts within 1 (tests/test_diverged_checkpoints.py checks it) and a
+# healthy tiny run stays near 2; a state at BN weights of 2.6e4 (one step at LR 1e5) still diverged
+# when resumed at the default LR.
+BLOWN_UP = 1e3
 KEEP = 2  # checkpoints kept: the newest, and one to fall back on if the newest is damaged
 _NAME = re.compile(r"ckpt_(\d+)\.pt$")
 
@@ -126,7 +133,7 @@ def save_run(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.
 
 def run_state_problem(state: dict[str, Any]) -> str | None:
     """What makes `state` unusable as save_run's checkpoint (None if nothing): its structure, and
-    weights or buffers that are not finite. `config` may be absent (an old checkpoint, see rundir)."""
+    weights or buffers that diverged (see `diverged`). `config` may be absent (an old checkpoint, see rundir)."""
     entries = {"model": dict, "optimizer": dict, "step": int, "rng": dict}
     for key, kind in entries.items():
         if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
@@ -138,20 +145,29 @@ def run_state_problem(state: dict[str, Any]) -> str | None:
         return "'rng' lacks the torch or Python RNG state"
     if not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state["model"].items()):
         return "'model' is not a state_dict of tensors"
-    bad = non_finite(state["model"])
-    return f"'model' holds non-finite values in {bad}" if bad else None
+    bad = diverged(state["model"])
+    return f"'model' shows divergence: {bad}" if bad else None
 
 
-def non_finite(tensors: dict[str, Tensor]) -> str | None:
-    """The name of the first floating-point tensor holding inf or NaN, or None; one host sync."""
+def diverged(tensors: dict[str, Tensor]) -> str | None:
+    """What shows that training diverged in these weights and buffers, in words naming the first
+    floating-point tensor that holds inf or NaN or has a scale beyond BLOWN_UP; None if none. One
+    host sync. Finite is not enough: a diverged run's BN running_var passes through 1e25 before it
+    overflows, and resuming such a state diverges again."""
     floats = [(name, t) for name, t in tensors.items() if t.is_floating_point() and t.numel()]
     if not floats:
         return None
     # min and max are non-finite exactly when an element is (NaN propagates); one pass, ~30x faster
     # on CPU than isfinite(t).all()
-    extremes = torch.stack([torch.stack(torch.aminmax(t.detach())).float() for _, t in floats])
-    finite = torch.isfinite(extremes).all(dim=1).cpu()
-    return next((name for (name, _), ok in zip(floats, finite.tolist()) if not ok), None)
+    extremes = torch.stack([torch.stack(torch.aminmax(t.detach())).float() for _, t in floats]).cpu()
+    for (name, _), (low, high) in zip(floats, extremes.tolist()):
+        if not (math.isfinite(low) and math.isfinite(high)):
+            return f"{name} became non-finite"
+        largest = max(-low, high)
+        scale = math.sqrt(largest) if name.endswith("running_var") else largest
+        if scale > BLOWN_UP:
+            return f"{name} reached {largest:.3g} (a scale beyond {BLOWN_UP:.0e}: diverged)"
+    return None
 
 
 def resume_run(path: str | Path | None, model: nn.Module, optimizer: torch.optim.Optimizer,

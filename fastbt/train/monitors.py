@@ -70,11 +70,11 @@ class NonFiniteWatch:
 
 
 def check_finite_state(model: torch.nn.Module, step: int, last_checkpoint: str | None) -> None:
-    """Weights and buffers (BN running statistics) must be finite before a checkpoint is written:
-    a finite loss does not prove it. One host sync, at checkpoint time only."""
-    bad = checkpoint.non_finite(model.state_dict())
+    """Weights and buffers (BN running statistics) must be finite and not blown up before a
+    checkpoint is written: a finite loss does not prove it. One host sync, at checkpoint time only."""
+    bad = checkpoint.diverged(model.state_dict())
     if bad:
-        raise NonFiniteLoss(f"{bad} became non-finite by step {step}; stopping "
+        raise NonFiniteLoss(f"{bad} by step {step}; stopping "
                             f"({_kept(last_checkpoint)})")
 
 
@@ -150,7 +150,7 @@ class Checkpoints:
 
     def save(self, step: int) -> None:
         self.watch.check(self.last)  # never save weights that came from a non-finite loss
-        check_finite_state(self.run.model, step, self.last)  # nor non-finite weights or buffers
+        check_finite_state(self.run.model, step, self.last)  # nor diverged weights or buffers
         if self.world.is_main:
             self.last = str(checkpoint.save_run(self.run_dir, step, self.run.model, self.run.optimizer,
                                                 self.run.derived.steps_per_epoch, self.cfg))
