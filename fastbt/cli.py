@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
+from pathlib import Path
 
 from fastbt import __version__
 from fastbt.errors import ConfigError, DeviceError, RunDirError, RunStopped
@@ -340,7 +342,7 @@ def _add_plot(sub) -> None:
                                    "rate per step, pairs/s, and kNN top-1/top-5 per evaluation when "
                                    "the online monitor is on. Works while the run is still going; "
                                    "pretraining draws it by itself when it ends or is preempted.")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (train.out_dir)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (train.out_dir) or its log.jsonl")
     p.set_defaults(func=_plot)
 
 
@@ -367,7 +369,21 @@ def _rank() -> int:
         return 0
 
 
+_PYTHON_FORMATWARNING = warnings.formatwarning
+_OUR_CODE = tuple(str(Path(__file__).resolve().parents[1] / package) + os.sep
+                  for package in ("fastbt", "pipelines"))
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """fastbt's own warnings (a damaged checkpoint skipped, ...) in one line, like its other
+    messages; Python's format adds a second line echoing the source line that warned."""
+    if str(Path(filename).resolve()).startswith(_OUR_CODE):
+        return f"fastbt: warning: {message}\n"
+    return _PYTHON_FORMATWARNING(message, category, filename, lineno, line)
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _format_warning
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0

@@ -82,6 +82,10 @@ def clear(out: Path) -> None:
 
     if not out.exists() and not out.is_symlink():
         return
+    if out.is_symlink() or not out.is_dir():
+        what = f"a symbolic link to {printable(os.readlink(out))}" if out.is_symlink() else "a file"
+        raise DataError(f"{printable(out)} is {what}, not a folder a demo wrote: --fresh deletes only "
+                        "a demo's own folder (choose another --out)")
     foreign = foreign_files(out)
     if foreign:
         shown = ", ".join(printable(name) for name in foreign[:3])

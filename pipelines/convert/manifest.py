@@ -102,6 +102,8 @@ def read(path: str | os.PathLike) -> Manifest:
     if not os.path.lexists(path):
         raise DataError(f"no such dataset: {path} (nothing there, so no manifest)")
     mpath = manifest_path(path)
+    if not mpath.is_file() and mpath != Path(path) and not Path(path).is_dir():
+        raise DataError(f"{path}: not a fastbt dataset or its manifest (no {MANIFEST_NAME} beside it)")
     if not mpath.is_file():
         folder = mpath.parent.resolve()  # "." has no name to add ".partial" to
         partial = folder.with_name(folder.name + ".partial") if folder.name else folder
