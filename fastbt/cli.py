@@ -333,7 +333,9 @@ def _add_demo(sub) -> None:
 def _plot(args: argparse.Namespace) -> None:
     from fastbt import plot
 
-    print(f"wrote {plot.write_curves(args.run_dir)}")
+    given = Path(args.run_dir)  # the run directory, or its log
+    run_dir = given.parent if given.name == "log.jsonl" and given.is_file() else given
+    print(f"wrote {plot.write_curves(run_dir)}")
 
 
 def _add_plot(sub) -> None:

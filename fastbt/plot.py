@@ -27,13 +27,10 @@ def by_step(records: list[dict], key: str) -> tuple[list[float], list[float]]:
 
 
 def write_curves(run_dir: str | Path) -> Path:
-    """Draw RUN_DIR/curves.png from RUN_DIR/log.jsonl (`run_dir` may also name the log itself);
-    return its path."""
+    """Draw RUN_DIR/curves.png from RUN_DIR/log.jsonl; return its path."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
 
     run_dir = Path(run_dir)
-    if run_dir.name == "log.jsonl" and run_dir.is_file():
-        run_dir = run_dir.parent
     log = run_dir / "log.jsonl"
     if not log.is_file():
         raise ConfigError(f"{run_dir}: no log.jsonl (not a run directory, or no step logged yet)")
