@@ -1,6 +1,10 @@
 """Shared test settings and fixtures: one torch thread, and a tiny pretraining setup (a generated
 image folder and the overrides that make a run of it take seconds on a CPU)."""
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -75,6 +79,8 @@ def colour_datasets(tmp_path_factory):
     files = make_image_folder(root / "src", classes=COLOUR_CLASSES, per_class=COLOUR_PER_CLASS, size=(64, 48))
     paths = {"torchvision": str(root / "src")}
     for fmt in ("ffcv", "dali"):
+        if fmt in MISSING_BACKENDS:  # its [fmt] tests skip; the torchvision ones still run
+            continue
         convert(root / "src", root / fmt, Options(fmt, shard_size=5), workers=2, progress=False)
         paths[fmt] = str(root / fmt)
     colours = np.stack([np.asarray(Image.open(f).convert("RGB"), np.float64).mean((0, 1)) for f in files])
@@ -113,3 +119,53 @@ def tmpfs(tmp_path):
     yield mount
     if mounted:
         subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+# ---- optional packages: where one is missing (e.g. scripts/test_torch211.sh's venv, like the GPU
+# machine's) the tests that need it skip, naming it; where all are installed nothing changes --------
+
+def _missing(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is None
+    except ModuleNotFoundError:  # its parent package (nvidia) is missing
+        return True
+
+
+# backend -> the modules it needs (wds2idx: DALI's index tool, run by the DALI conversion)
+_OPTIONAL = {"ffcv": ("ffcv",), "dali": ("nvidia.dali", "wds2idx")}
+MISSING_BACKENDS = {backend: modules for backend, modules in _OPTIONAL.items()
+                    if any(_missing(m) for m in modules)}
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test parametrized with a missing backend ([ffcv], [dali]) skips before it starts."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        for backend in MISSING_BACKENDS.keys() & {v for v in params.values() if isinstance(v, str)}:
+            item.add_marker(pytest.mark.skip(reason=f"needs {backend} (not installed)"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Any other test that failed only because a missing backend's module could not be imported (in
+    the test, its fixtures or a subprocess it ran) is reported as skipped, naming the backend."""
+    outcome = yield
+    report = outcome.get_result()
+    if not MISSING_BACKENDS or not report.failed or call.excinfo is None:
+        return
+    text = str(report.longrepr)
+    for backend, modules in MISSING_BACKENDS.items():
+        if any(f"No module named '{m}'" in text for m in modules):
+            report.outcome = "skipped"
+            report.longrepr = (str(item.path), item.location[1], f"Skipped: needs {backend} (not installed)")
+            return
+
+
+@pytest.fixture
+def console_script():
+    """The `fastbt` console script of this interpreter's venv; skips where fastbt is not installed
+    (scripts/test_torch211.sh puts the checkout on PYTHONPATH instead)."""
+    script = Path(sys.executable).parent / "fastbt"
+    if not script.exists():
+        pytest.skip("the fastbt console script is not installed in this venv")
+    return script

@@ -1,18 +1,16 @@
 import subprocess
-import sys
 from pathlib import Path
 
 from fastbt.cli import main
 
-BIN = Path(sys.executable).parent
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 SUBCOMMANDS = ["demo", "config", "pretrain", "plot", "export", "convert", "inspect", "eval", "profile"]
 
 
-def test_console_script_help_lists_the_subcommands():
-    out = subprocess.run([BIN / "fastbt", "--help"], capture_output=True, text=True, check=True).stdout
+def test_console_script_help_lists_the_subcommands(console_script):
+    out = subprocess.run([console_script, "--help"], capture_output=True, text=True, check=True).stdout
     assert out.startswith("usage: fastbt")
     listed = [line.split()[0] for line in out[out.index("COMMAND\n"):].splitlines()[1:]
               if line.startswith("    ") and not line.startswith("     ")]

@@ -14,7 +14,6 @@ from fastbt.cli import main
 from fastbt.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 
 
 def laughs(levels=9, width=9):
@@ -150,8 +149,8 @@ def test_cli_refuses_each_case_in_one_line_with_status_2(tmp_path, capsys):
     one_line_error(capsys, ["pretrain", str(tmp_path)], str(tmp_path), "is a directory")
 
 
-def test_pretraining_without_data_path_says_so_in_one_line(tmp_path):
-    out = subprocess.run([BIN / "fastbt", "pretrain", REPO / "configs" / "tiny_cpu.yaml",
+def test_pretraining_without_data_path_says_so_in_one_line(tmp_path, console_script):
+    out = subprocess.run([console_script, "pretrain", REPO / "configs" / "tiny_cpu.yaml",
                           f"train.out_dir={tmp_path / 'run'}"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2, out.stderr[-2000:]
