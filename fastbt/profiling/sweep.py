@@ -62,10 +62,12 @@ def sweep(config_path: str | None, overrides: list[str], axes: list[tuple[str, l
     out_dir = Path(out_dir)
     runs = [(setting, config.load(config_path, [*overrides, *setting]))
             for setting in settings(axes, one_at_a_time)]
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun every rank runs this
     for n, (setting, cfg) in enumerate(runs):
-        print(f"fastbt profile --sweep: {n + 1}/{len(runs)}: {_name(setting)}", flush=True)
+        if main_rank:
+            print(f"fastbt profile --sweep: {n + 1}/{len(runs)}: {_name(setting)}", flush=True)
         windows.profile(cfg, out_dir / f"{n:02d}")
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not main_rank:
         return None
     rows = [_row(setting, out_dir / f"{n:02d}" / "report.json") for n, (setting, _) in enumerate(runs)]
     ranking = {"config": config_path, "overrides": overrides, "one_at_a_time": one_at_a_time,
