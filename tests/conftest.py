@@ -77,7 +77,7 @@ def colour_datasets(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("colours")
     files = make_image_folder(root / "src", classes=COLOUR_CLASSES, per_class=COLOUR_PER_CLASS, size=(64, 48))
-    paths = {"torchvision": str(root / "src")}
+    paths = BackendPaths(torchvision=str(root / "src"))
     for fmt in ("ffcv", "dali"):
         if fmt in MISSING_BACKENDS:  # its [fmt] tests skip; the torchvision ones still run
             continue
@@ -159,6 +159,15 @@ def pytest_runtest_makereport(item, call):
             report.outcome = "skipped"
             report.longrepr = (str(item.path), item.location[1], f"Skipped: needs {backend} (not installed)")
             return
+
+
+class BackendPaths(dict):
+    """{backend: dataset path}; asking for a backend that is not installed skips the test."""
+
+    def __missing__(self, backend):
+        if backend in MISSING_BACKENDS:
+            pytest.skip(f"needs {backend} (not installed)")
+        raise KeyError(backend)
 
 
 @pytest.fixture
