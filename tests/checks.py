@@ -51,3 +51,20 @@ def assert_disk_full(result: subprocess.CompletedProcess, partial: Path) -> None
     assert f"no space left on device while writing {partial}" in line, line
     assert line.endswith("MB and rerun to resume") and " free " in line, line
     assert not list(partial.rglob("*.tmp"))  # cut-short files are removed at once
+
+
+def make_colour_folder(root, per_class, size=40, seed=0):
+    """Ten classes told apart by background colour, each image with a rectangle of random colour:
+    the features of a randomly initialized network follow colour, so they carry the class."""
+    import numpy as np
+    from PIL import Image
+
+    palette = np.random.default_rng(1234).uniform(0, 255, (10, 3))  # the same in every split
+    rng = np.random.default_rng(seed)
+    for label, colour in enumerate(palette):
+        (root / f"c{label}").mkdir(parents=True)
+        for i in range(per_class):
+            pixels = colour + rng.normal(0, 20, (size, size, 3))
+            x, y = rng.integers(0, size // 2, 2)
+            pixels[y:y + size // 3, x:x + size // 3] = rng.uniform(0, 255, 3)
+            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / f"c{label}" / f"{i}.png")

@@ -4,12 +4,11 @@ converted formats are named)."""
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import distributed
+from checks import make_colour_folder
 from fastbt import config, runlog
 from fastbt.cli import main
 from fastbt.demo.data import make_demo_folder
@@ -58,20 +57,6 @@ def run_dir(tmp_path_factory):
 def knn_cli(weights, shapes, *extra):
     assert main(["eval", "knn", "--weights", str(weights), *data_args(shapes), *EVAL, *extra]) == 0
     return json.loads(weights.with_name(f"{weights.stem}_knn.json").read_text())
-
-
-def make_colour_folder(root, per_class, size=40, seed=0):
-    """Ten classes told apart by background colour, each image with a rectangle of random colour:
-    the features of a randomly initialized network follow colour, so they carry the class."""
-    palette = np.random.default_rng(1234).uniform(0, 255, (10, 3))  # the same in every split
-    rng = np.random.default_rng(seed)
-    for label, colour in enumerate(palette):
-        (root / f"c{label}").mkdir(parents=True)
-        for i in range(per_class):
-            pixels = colour + rng.normal(0, 20, (size, size, 3))
-            x, y = rng.integers(0, size // 2, 2)
-            pixels[y:y + size // 3, x:x + size // 3] = rng.uniform(0, 255, 3)
-            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / f"c{label}" / f"{i}.png")
 
 
 def test_features_that_carry_the_class_score_high_and_blind_ones_score_chance(random_weights, tmp_path):
