@@ -204,6 +204,41 @@ def test_bad_input_is_one_line_and_writes_nothing(flags, overrides, says, random
     assert sorted(p.name for p in tmp_path.iterdir()) == ["list.txt"]
 
 
+# ---- several processes ------------------------------------------------------------------------------
+
+def finetune_rank(rank, world_size, weights, shapes, out):
+    """One process of a 2-process fine-tuning: its trained model's state."""
+    kept = []
+    real = finetune_module.load_backbone
+    finetune_module.load_backbone = lambda path, arch: kept.append(real(path, arch)) or kept[-1]
+    assert finetune_cli(weights, shapes, out, *SMALL, "eval.finetune.epochs=1") == 0
+    return {k: v.clone() for k, v in kept[0][0].state_dict().items()}
+
+
+@pytest.mark.dist
+def test_two_processes_train_one_model_and_score_it_as_one_process_would(random_weights, shapes, tmp_path):
+    states = distributed.run(finetune_rank, 2, random_weights, shapes, tmp_path / "ft")
+    for key in states[0]:  # DDP: one model (BatchNorm statistics: the first process's, as scored)
+        torch.testing.assert_close(states[1][key], states[0][key], rtol=0, atol=0)
+    [record] = runlog.read(tmp_path / "ft" / "log.jsonl")
+    assert record["train_images"] == 10  # each process 5 of the 10 labeled images, batch 10 split in two
+    result = json.loads((tmp_path / "ft.json").read_text())
+    assert result["processes"] == 2 and result["top1"] == record["top1"]
+
+    saved = checkpoint.load_latest(tmp_path / "ft")["model"]
+    backbone, width = load_backbone(random_weights, "resnet18")
+    model = torch.nn.Sequential(backbone, torch.nn.Linear(width, 10))
+    model.load_state_dict(saved)
+    val = labeled_set(shapes / "val")
+    images, labels = next(iter(center_crops(val, size=16, resize=16, aug=AugSpec(), batch_size=40, device="cpu",
+                                            workers=0)))
+    with torch.no_grad():
+        logits = model.eval()(images)
+    top1 = 100.0 * (logits.argmax(1) == labels).float().mean().item()
+    top5 = 100.0 * (logits.topk(5).indices == labels[:, None]).any(1).float().mean().item()
+    assert (record["top1"], record["top5"]) == pytest.approx((top1, top5))
+
+
 # ---- pretrained weights help -----------------------------------------------------------------------
 
 # ShuffleNet: a step of batch 80 at 32 px took 0.23 s here against ResNet-18's 1.8 s.

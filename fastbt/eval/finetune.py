@@ -102,7 +102,11 @@ def summed(values: list[float], world: dist.World) -> list[float]:
 
 @torch.no_grad()
 def val_accuracy(forward: Forward, val_batches, world: dist.World) -> dict[str, float]:
-    """Top-1/top-5 (%) over every process's share of the val set; BatchNorm on running statistics."""
+    """Top-1/top-5 (%) over every process's share of the val set; BatchNorm on running statistics,
+    the first process's (as the official code, which scores its model alone; it is the one saved)."""
+    if world.distributed:
+        for buffer in forward.module.buffers():
+            torch_dist.broadcast(buffer, 0)
     forward.module.eval()
     correct, images = torch.zeros(2, device=world.device), 0
     for batch, labels in val_batches:
