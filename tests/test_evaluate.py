@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import distributed
-from checks import make_colour_folder
+from checks import make_colour_folder, whole_and_resumed
 from fastbt import config, runlog
 from fastbt.cli import main
 from fastbt.demo.data import make_demo_folder
@@ -18,7 +18,7 @@ from fastbt.eval.features import Frozen, extract_features
 from fastbt.eval.protocol import KnnEval
 from fastbt.eval.weights import WeightsError, load_backbone
 from fastbt.train import checkpoint
-from fastbt.train.model import build_backbone, build_model
+from fastbt.train.model import build_model
 from pipelines.augment import AugSpec
 from pipelines.convert import convert
 from pipelines.convert.options import Options
@@ -32,15 +32,6 @@ EVAL = ["model.arch=resnet18", "eval.size=32", "eval.resize=32", "eval.batch_siz
 
 def data_args(shapes):
     return ["--train", str(shapes / "train"), "--val", str(shapes / "val")]
-
-
-@pytest.fixture(scope="module")
-def random_weights(tmp_path_factory):
-    torch.manual_seed(0)
-    backbone, _ = build_backbone("resnet18")
-    path = tmp_path_factory.mktemp("random") / "backbone.pth"
-    torch.save(backbone.state_dict(), path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -77,47 +68,19 @@ def test_a_checkpoint_scores_as_the_backbone_exported_from_it(run_dir, shapes):
     assert from_checkpoint["weights"].endswith("ckpt_000000005.pt")
 
 
-class Crash(Exception):
-    pass
-
-
 def probe_cli(weights, shapes, out, *overrides, flags=()):
     return main(["eval", "linear", "--weights", str(weights), *data_args(shapes), "--out", str(out), *flags,
                  *EVAL, "eval.linear.epochs=3", "eval.linear.batch_size=16", *overrides])
-
-
-def without_times(records):
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
 
 
 def test_a_resumed_linear_probe_equals_the_uninterrupted_one(random_weights, shapes, tmp_path, monkeypatch):
     from fastbt.eval import linear
 
     small = ["eval.size=16", "eval.resize=16", "eval.linear.epochs=2"]  # 16 px: a quarter of the work
-    assert probe_cli(random_weights, shapes, tmp_path / "whole", *small) == 0
-    whole = checkpoint.load_latest(tmp_path / "whole")
-
-    real_lr = linear.cosine_lr
-
-    def crash_in_epoch_2(base, epoch, epochs):
-        if epoch == 1:
-            raise Crash()
-        return real_lr(base, epoch, epochs)
-
-    monkeypatch.setattr(linear, "cosine_lr", crash_in_epoch_2)
-    with pytest.raises(Crash):
-        probe_cli(random_weights, shapes, tmp_path / "split", *small)
-    monkeypatch.setattr(linear, "cosine_lr", real_lr)
-    assert checkpoint.load_latest(tmp_path / "split")["epoch"] == 1
-    assert probe_cli(random_weights, shapes, tmp_path / "split", *small) == 0
-    resumed = checkpoint.load_latest(tmp_path / "split")
-
-    for key in whole["head"]:  # the same crops, the same momentum: bit for bit
-        torch.testing.assert_close(resumed["head"][key], whole["head"][key], rtol=0, atol=0)
-    logs = [runlog.read(tmp_path / name / "log.jsonl") for name in ("whole", "split")]
-    assert without_times(logs[1]) == without_times(logs[0])
-    assert [r["epoch"] for r in logs[0]] == [1, 2] and all(0 <= r["top5"] <= 100 for r in logs[0])
-    assert logs[0][0]["train_images"] == 80
+    log = whole_and_resumed(lambda out: probe_cli(random_weights, shapes, out, *small), linear, tmp_path,
+                            monkeypatch, "head")
+    assert [r["epoch"] for r in log] == [1, 2] and all(0 <= r["top5"] <= 100 for r in log)
+    assert log[0]["train_images"] == 80
 
 
 def test_the_cached_features_probe_logs_every_epoch_and_writes_its_result(random_weights, shapes, tmp_path):

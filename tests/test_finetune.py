@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import distributed
-from checks import make_colour_folder, one_error_line
+from checks import make_colour_folder, one_error_line, whole_and_resumed
 from fastbt import runlog
 from fastbt.cli import main
 from fastbt.errors import ConfigError
@@ -28,23 +28,10 @@ EVAL = ["model.arch=resnet18", "eval.size=32", "eval.resize=32", "eval.batch_siz
 SMALL = ["eval.size=16", "eval.resize=16"]  # a quarter of the work, where accuracy does not matter
 
 
-@pytest.fixture(scope="module")
-def random_weights(tmp_path_factory):
-    torch.manual_seed(0)
-    backbone, _ = build_backbone("resnet18")
-    path = tmp_path_factory.mktemp("random") / "backbone.pth"
-    torch.save(backbone.state_dict(), path)
-    return path
-
-
 def finetune_cli(weights, shapes, out, *overrides, flags=("--train-percent", "10")):
     return main(["eval", "finetune", "--weights", str(weights), "--train", str(shapes / "train"), "--val",
                  str(shapes / "val"), "--out", str(out), *flags, *EVAL, "eval.finetune.epochs=2",
                  "eval.finetune.batch_size=10", *overrides])
-
-
-def without_times(records):
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
 
 
 # ---- the label subsets ----------------------------------------------------------------------------
@@ -144,31 +131,10 @@ def test_the_result_and_log_say_what_was_trained_on(random_weights, shapes, tmp_
     assert result["top1"] == records[1]["top1"] and result["best_top1"] == max(r["top1"] for r in records)
 
 
-class Crash(Exception):
-    pass
-
-
 def test_a_resumed_finetuning_equals_the_uninterrupted_one(random_weights, shapes, tmp_path, monkeypatch):
-    assert finetune_cli(random_weights, shapes, tmp_path / "whole", *SMALL) == 0
-    whole = checkpoint.load_latest(tmp_path / "whole")
-    real_lr = finetune_module.cosine_lr
-
-    def crash_in_epoch_2(base, epoch, epochs):
-        if epoch == 1:
-            raise Crash()
-        return real_lr(base, epoch, epochs)
-
-    monkeypatch.setattr(finetune_module, "cosine_lr", crash_in_epoch_2)
-    with pytest.raises(Crash):
-        finetune_cli(random_weights, shapes, tmp_path / "split", *SMALL)
-    monkeypatch.setattr(finetune_module, "cosine_lr", real_lr)
-    assert checkpoint.load_latest(tmp_path / "split")["epoch"] == 1
-    assert finetune_cli(random_weights, shapes, tmp_path / "split", *SMALL) == 0
-    resumed = checkpoint.load_latest(tmp_path / "split")
-    for key in whole["model"]:  # the same crops, the same momentum, the same BN statistics: bit for bit
-        torch.testing.assert_close(resumed["model"][key], whole["model"][key], rtol=0, atol=0)
-    logs = [runlog.read(tmp_path / name / "log.jsonl") for name in ("whole", "split")]
-    assert without_times(logs[1]) == without_times(logs[0])
+    log = whole_and_resumed(lambda out: finetune_cli(random_weights, shapes, out, *SMALL), finetune_module,
+                            tmp_path, monkeypatch, "model")  # weights, BatchNorm statistics, momentum
+    assert [r["epoch"] for r in log] == [1, 2]
 
 
 def test_a_directory_it_did_not_write_or_other_settings_are_refused(random_weights, shapes, tmp_path, capsys):
