@@ -195,9 +195,13 @@ def _eval(args: argparse.Namespace) -> None:
     else:
         from fastbt.eval.finetune import finetune
 
-        result = finetune(cfg, args.weights, percent=_percent(args.train_percent), subset_file=args.subset,
-                          out_dir=args.out)
-        if result["processes"] > 1 and int(os.environ.get("RANK", 0)) != 0:
+        try:
+            result = finetune(cfg, args.weights, percent=_percent(args.train_percent), subset_file=args.subset,
+                              out_dir=args.out)
+        except (ConfigError, RunDirError) as err:  # settings, subset, directory: every rank reads the same
+            err.same_on_every_rank = True
+            raise
+        if _rank() != 0:
             return  # the first process prints the result
     print(json.dumps(result, indent=1))
 

@@ -151,6 +151,13 @@ def test_a_directory_it_did_not_write_or_other_settings_are_refused(random_weigh
     assert "holds a fine-tuning with other settings (subset_sha256" in one_error_line(capsys.readouterr().err)
 
 
+def test_a_result_file_it_did_not_write_is_not_replaced(random_weights, shapes, tmp_path, capsys):
+    (tmp_path / "ft.json").write_text("mine")
+    assert finetune_cli(random_weights, shapes, tmp_path / "ft", *SMALL) == 2
+    assert "ft.json exists, and no fine-tuning in" in one_error_line(capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ft.json"] and (tmp_path / "ft.json").read_text() == "mine"
+
+
 @pytest.mark.parametrize("flags, overrides, says", [
     (("--train-percent", "1"), (), "--train-percent 1 leaves class 'checker' (8 images) with none"),
     (("--train-percent", "50"), (), "--train-percent 50: expected one of 1, 10, 100"),

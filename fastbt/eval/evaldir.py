@@ -39,11 +39,19 @@ def refuse_empty_epochs(images: int, batch_size: int, key: str, source: str, pro
                           f"{key}={images // processes * processes} or less")
 
 
+def result_path(out_dir: Path) -> Path:
+    """<out_dir>.json: beside the weights by default; two runs with their own --out keep their own."""
+    return out_dir.with_name(out_dir.name + ".json")
+
+
 def check_out_dir(out_dir: Path, setup: dict, what: str) -> bool:
     """True if `out_dir` is new or empty; False if it is a `what` with the same setup (to resume).
     Anything else is refused (ConfigError); nothing is written."""
     found = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
     if not found:
+        if result_path(out_dir).exists():  # a new directory's result would replace a file of yours
+            raise ConfigError(f"{printable(result_path(out_dir))} exists, and no {what} in "
+                              f"{printable(out_dir)} wrote it; move it or choose another --out")
         return True
     foreign = [name for name in found if not OUR_FILES.fullmatch(name)]
     if MARKER not in found or foreign:
@@ -81,9 +89,9 @@ def load_saved(out_dir: Path, setup: dict, what: str, device) -> dict | None:
 def run_epochs(epochs: int, states: dict, one_epoch: Callable[[int], dict], saved: dict | None,
                out_dir: Path, setup: dict, what: str, writes: bool = True) -> list[dict]:
     """Epochs `saved['epoch']`.. of `epochs` (0.. without `saved`): `one_epoch(epoch)` returns its
-    record (printed with `describe`); after each, a checkpoint of `states` (name -> an object with
-    state_dict/load_state_dict, restored from `saved`) and a log record, written where `writes`
-    (one process of several). Returns every epoch's record."""
+    record (train_loss, top1, top5, ...); after each, a checkpoint of `states` (name -> an object
+    with state_dict/load_state_dict, restored from `saved`), a log record and a line on stdout,
+    written where `writes` (one process of several). Returns every epoch's record."""
     epoch, history = 0, []
     if saved is not None:
         for name, state in states.items():

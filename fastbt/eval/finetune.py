@@ -122,7 +122,8 @@ def epoch_runner(cfg: Config, model: nn.Sequential, optimizer, crops, val_batche
     ft = cfg.eval.finetune
     wrapped = model
     if world.distributed:  # plain BatchNorm, as the official code (no SyncBatchNorm)
-        wrapped = DistributedDataParallel(model, device_ids=[world.device] if world.device.type == "cuda" else None)
+        on_gpu = world.device.type == "cuda"
+        wrapped = DistributedDataParallel(model, device_ids=[world.device] if on_gpu else None)
     train_forward, eval_forward = Forward(wrapped, cfg, world.device), Forward(model, cfg, world.device)
     train_batches = augmented_batches(crops, lambda images: images, cfg.aug.mean, cfg.aug.std)
 
@@ -135,8 +136,9 @@ def epoch_runner(cfg: Config, model: nn.Sequential, optimizer, crops, val_batche
         model.train()
         loss, images = train_epoch(train_forward, optimizer, train_batches(epoch))
         loss_sum, images = summed([loss * images, images], world)
-        return {"train_loss": loss_sum / max(1, images), **lrs, **val_accuracy(eval_forward, val_batches, world),
-                "train_images": int(images), "seconds": time.perf_counter() - start}
+        scores = val_accuracy(eval_forward, val_batches, world)
+        return {"train_loss": loss_sum / max(1, images), **lrs, **scores, "train_images": int(images),
+                "seconds": time.perf_counter() - start}
     return one_epoch
 
 
@@ -202,6 +204,6 @@ def _finetune(cfg: Config, weights, percent, subset_file, out_dir, world: dist.W
               "recipe": config.to_dict(ft), "size": ev.size, "resize": ev.resize, "out_dir": str(out_dir),
               "device": str(world.device), "processes": world.size,
               "train_seconds": sum(r["seconds"] for r in history)}
-    if world.is_main:  # <out_dir>.json: beside the weights by default
-        write_result(result, out_dir.with_name(out_dir.name + ".json"))
+    if world.is_main:
+        write_result(result, evaldir.result_path(out_dir))
     return result

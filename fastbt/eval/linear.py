@@ -173,6 +173,5 @@ def linear_probe(cfg: Config, weights: str | Path, cached: bool = False,
               "num_val": val.size, "recipe": config.to_dict(lin), "size": ev.size, "resize": ev.resize,
               "out_dir": str(out_dir), "device": str(device), "extract_seconds": extract_seconds,
               "train_seconds": sum(r["seconds"] for r in history)}
-    # <out_dir>.json: beside the weights by default; two probes with their own --out keep their own
-    write_result(result, out_dir.with_name(out_dir.name + ".json"))
+    write_result(result, evaldir.result_path(out_dir))
     return result
