@@ -190,15 +190,35 @@ def _eval(args: argparse.Namespace) -> None:
         from fastbt.eval.protocol import knn_eval
 
         result = knn_eval(cfg, args.weights, out=args.out)
-    else:
+    elif args.protocol == "linear":
         from fastbt.eval.linear import linear_probe
 
         result = linear_probe(cfg, args.weights, cached=args.cached_features, out_dir=args.out)
+    else:
+        from fastbt.eval.finetune import finetune
+
+        try:
+            result = finetune(cfg, args.weights, percent=_percent(args.train_percent), subset_file=args.subset,
+                              out_dir=args.out)
+        except (ConfigError, RunDirError) as err:  # settings, subset, directory: every rank reads the same
+            err.same_on_every_rank = True
+            raise
+        if _rank() != 0:
+            return  # the first process prints the result
     print(json.dumps(result, indent=1))
 
 
+def _percent(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"--train-percent {text!r}: expected 1, 10 or 100") from None
+
+
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="kNN or linear-probe accuracy of a frozen backbone",
+    p = sub.add_parser("eval", help="kNN, linear-probe or fine-tuning accuracy of a backbone",
                        description="Evaluate the frozen features of exported weights (backbone.pth) "
                                    "or a checkpoint (ckpt_*.pt) on a labeled train and val set: an "
                                    "image folder or a converted dataset folder. Settings are the "
@@ -215,7 +235,14 @@ def _add_eval(sub) -> None:
                                   description="Train a linear head on the frozen backbone; "
                                               "checkpoints and log.jsonl in <weights>_linear/ "
                                               "(rerun to resume), the result in <weights>_linear.json.")
-    for q in (knn, linear):
+    finetune = protocols.add_parser("finetune", help="semi-supervised fine-tuning of the whole network "
+                                                     "on 1%%, 10%% or 100%% of the labels (20 epochs)",
+                                    description="Fine-tune the backbone and a linear classifier on a "
+                                                "label subset (the official recipe); checkpoints and "
+                                                "log.jsonl in <weights>_finetune<percent>/ (rerun to "
+                                                "resume), the result in <that>.json. Under torchrun: "
+                                                "DDP, eval.finetune.batch_size is the global batch.")
+    for q in (knn, linear, finetune):
         q.add_argument("--weights", required=True, help="backbone.pth or a fastbt checkpoint ckpt_*.pt")
         q.add_argument("--train", help="labeled train set (default: eval.train)")
         q.add_argument("--val", help="labeled val set (default: eval.val)")
@@ -232,6 +259,14 @@ def _add_eval(sub) -> None:
                         help="train on features of center crops extracted once (fast, approximate)")
     linear.add_argument("--out", help="probe directory (default: <weights stem>_linear[_cached] "
                                       "beside the weights); the result goes to OUT.json")
+    finetune.add_argument("--train-percent", metavar="1|10|100",
+                          help="label the seeded class-balanced draw of this percent of each class "
+                               "(eval.finetune.seed; default 100: all)")
+    finetune.add_argument("--subset", metavar="FILE",
+                          help="label the images a list file names, one a line (the SimCLR 1%%/10%% "
+                               "ImageNet lists: n01440764_10026.JPEG = n01440764/n01440764_10026.JPEG)")
+    finetune.add_argument("--out", help="directory (default: <weights stem>_finetune<percent> beside the "
+                                        "weights); the result goes to OUT.json")
 
 
 def _check_writable_file(path: str | None) -> None:

@@ -23,7 +23,7 @@ from pipelines.backends import BACKENDS, Backend, Writer, backend, register
 # The built-in backends, each registering itself (light: their functions import the libraries).
 from pipelines import ffcv_backend, dali_backend, torchvision_backend  # noqa: E402,F401  isort: skip
 
-__all__ = ["BACKENDS", "Backend", "Writer", "backend", "register", "detect_format", "build_loader",
+__all__ = ["BACKENDS", "Backend", "Writer", "backend", "register", "detect_format", "build_loader", "build_crops",
            "build_eval_loader", "TwoViewLoader", "Augment"]
 
 
@@ -58,10 +58,26 @@ def build_loader(backend_name: str, path: str, *, aug, batch_size: int, device, 
     """
     from pipelines.loader import Augment, TwoViewLoader
 
-    make_crops = backend(backend_name).crops
-    crops = make_crops(path, aug=aug, batch_size=batch_size, device=device, rank=rank,
-                       world_size=world_size, seed=seed, workers=workers)
+    crops = build_crops(backend_name, path, aug=aug, batch_size=batch_size, device=device, rank=rank,
+                        world_size=world_size, seed=seed, workers=workers)
     return TwoViewLoader(crops, Augment(aug, seed=seed, rank=rank, dtype=dtype, compiled=compiled))
+
+
+def build_crops(backend_name: str, path: str, *, aug, batch_size: int, device, workers: int, rank: int = 0,
+                world_size: int = 1, seed: int = 0, subset=None):
+    """The crop source (pipelines.loader.CropSource) under `build_loader`: uint8 random-resized-crop
+    + flip pairs of `aug`, before the photometric half. `subset`: indices into the dataset's
+    samples (in the order of pipelines.convert.source.scan) to read instead of all of them; only
+    a backend that reads image folders in place takes one."""
+    from pipelines.errors import DataError
+
+    chosen = backend(backend_name)
+    kwargs = {"subset": subset} if subset is not None else {}
+    if subset is not None and chosen.converted:
+        raise DataError(f"{path}: a subset of a converted ({backend_name}) dataset is not supported; "
+                         "read the image folder it was made from")
+    return chosen.crops(path, aug=aug, batch_size=batch_size, device=device, rank=rank,
+                        world_size=world_size, seed=seed, workers=workers, **kwargs)
 
 
 def build_eval_loader(backend_name: str, path: str, *, size: int, resize: int, mean, std, batch_size: int,

@@ -58,6 +58,18 @@ def shapes(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def random_weights(tmp_path_factory):
+    """A randomly initialized ResNet-18 backbone's weights (backbone.pth), seeded."""
+    from fastbt.train.model import build_backbone
+
+    torch.manual_seed(0)
+    backbone, _ = build_backbone("resnet18")
+    path = tmp_path_factory.mktemp("random") / "backbone.pth"
+    torch.save(backbone.state_dict(), path)
+    return path
+
+
 # ---- pipelines: one generated image folder and its conversions, shared by the data tests --------
 
 COLOUR_CLASSES, COLOUR_PER_CLASS = ("a", "b", "c"), 8

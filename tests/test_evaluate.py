@@ -4,12 +4,11 @@ converted formats are named)."""
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import distributed
+from checks import make_colour_folder, whole_and_resumed
 from fastbt import config, runlog
 from fastbt.cli import main
 from fastbt.demo.data import make_demo_folder
@@ -19,7 +18,7 @@ from fastbt.eval.features import Frozen, extract_features
 from fastbt.eval.protocol import KnnEval
 from fastbt.eval.weights import WeightsError, load_backbone
 from fastbt.train import checkpoint
-from fastbt.train.model import build_backbone, build_model
+from fastbt.train.model import build_model
 from pipelines.augment import AugSpec
 from pipelines.convert import convert
 from pipelines.convert.options import Options
@@ -36,15 +35,6 @@ def data_args(shapes):
 
 
 @pytest.fixture(scope="module")
-def random_weights(tmp_path_factory):
-    torch.manual_seed(0)
-    backbone, _ = build_backbone("resnet18")
-    path = tmp_path_factory.mktemp("random") / "backbone.pth"
-    torch.save(backbone.state_dict(), path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """What a pretraining run leaves: a checkpoint and the backbone exported from it."""
     out = tmp_path_factory.mktemp("run")
@@ -58,20 +48,6 @@ def run_dir(tmp_path_factory):
 def knn_cli(weights, shapes, *extra):
     assert main(["eval", "knn", "--weights", str(weights), *data_args(shapes), *EVAL, *extra]) == 0
     return json.loads(weights.with_name(f"{weights.stem}_knn.json").read_text())
-
-
-def make_colour_folder(root, per_class, size=40, seed=0):
-    """Ten classes told apart by background colour, each image with a rectangle of random colour:
-    the features of a randomly initialized network follow colour, so they carry the class."""
-    palette = np.random.default_rng(1234).uniform(0, 255, (10, 3))  # the same in every split
-    rng = np.random.default_rng(seed)
-    for label, colour in enumerate(palette):
-        (root / f"c{label}").mkdir(parents=True)
-        for i in range(per_class):
-            pixels = colour + rng.normal(0, 20, (size, size, 3))
-            x, y = rng.integers(0, size // 2, 2)
-            pixels[y:y + size // 3, x:x + size // 3] = rng.uniform(0, 255, 3)
-            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / f"c{label}" / f"{i}.png")
 
 
 def test_features_that_carry_the_class_score_high_and_blind_ones_score_chance(random_weights, tmp_path):
@@ -92,47 +68,19 @@ def test_a_checkpoint_scores_as_the_backbone_exported_from_it(run_dir, shapes):
     assert from_checkpoint["weights"].endswith("ckpt_000000005.pt")
 
 
-class Crash(Exception):
-    pass
-
-
 def probe_cli(weights, shapes, out, *overrides, flags=()):
     return main(["eval", "linear", "--weights", str(weights), *data_args(shapes), "--out", str(out), *flags,
                  *EVAL, "eval.linear.epochs=3", "eval.linear.batch_size=16", *overrides])
-
-
-def without_times(records):
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
 
 
 def test_a_resumed_linear_probe_equals_the_uninterrupted_one(random_weights, shapes, tmp_path, monkeypatch):
     from fastbt.eval import linear
 
     small = ["eval.size=16", "eval.resize=16", "eval.linear.epochs=2"]  # 16 px: a quarter of the work
-    assert probe_cli(random_weights, shapes, tmp_path / "whole", *small) == 0
-    whole = checkpoint.load_latest(tmp_path / "whole")
-
-    real_lr = linear.cosine_lr
-
-    def crash_in_epoch_2(base, epoch, epochs):
-        if epoch == 1:
-            raise Crash()
-        return real_lr(base, epoch, epochs)
-
-    monkeypatch.setattr(linear, "cosine_lr", crash_in_epoch_2)
-    with pytest.raises(Crash):
-        probe_cli(random_weights, shapes, tmp_path / "split", *small)
-    monkeypatch.setattr(linear, "cosine_lr", real_lr)
-    assert checkpoint.load_latest(tmp_path / "split")["epoch"] == 1
-    assert probe_cli(random_weights, shapes, tmp_path / "split", *small) == 0
-    resumed = checkpoint.load_latest(tmp_path / "split")
-
-    for key in whole["head"]:  # the same crops, the same momentum: bit for bit
-        torch.testing.assert_close(resumed["head"][key], whole["head"][key], rtol=0, atol=0)
-    logs = [runlog.read(tmp_path / name / "log.jsonl") for name in ("whole", "split")]
-    assert without_times(logs[1]) == without_times(logs[0])
-    assert [r["epoch"] for r in logs[0]] == [1, 2] and all(0 <= r["top5"] <= 100 for r in logs[0])
-    assert logs[0][0]["train_images"] == 80
+    log = whole_and_resumed(lambda out: probe_cli(random_weights, shapes, out, *small), linear, tmp_path,
+                            monkeypatch, "head")
+    assert [r["epoch"] for r in log] == [1, 2] and all(0 <= r["top5"] <= 100 for r in log)
+    assert log[0]["train_images"] == 80
 
 
 def test_the_cached_features_probe_logs_every_epoch_and_writes_its_result(random_weights, shapes, tmp_path):

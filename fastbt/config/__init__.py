@@ -23,8 +23,9 @@ import yaml
 
 from fastbt.config.loader import MAX_CONFIG_BYTES, MAX_DEPTH, MAX_VALUES, read, read_yaml, shown  # noqa: F401
 from fastbt.config.schema import (RANGES, Config, ConvertConfig, DataConfig, Derived,  # noqa: F401
-                                  EvalConfig, KnnConfig, LinearConfig, LoggingConfig, LossConfig,
-                                  ModelConfig, OptimConfig, ProfileConfig, RuntimeConfig, TrainConfig,
+                                  EvalConfig, FinetuneConfig, KnnConfig, LinearConfig, LoggingConfig,
+                                  LossConfig, ModelConfig, OptimConfig, ProfileConfig, RuntimeConfig,
+                                  TrainConfig,
                                   derive, per_device_batch)
 from fastbt.config.values import build
 from fastbt.errors import ConfigError  # noqa: F401 - raised by every function here

@@ -113,8 +113,25 @@ class LinearConfig:
 
 
 @dataclass(frozen=True)
+class FinetuneConfig:
+    """Semi-supervised fine-tuning of the whole network (evaluate.py --weights finetune; the README's
+    1% / 10% command: 20 epochs, lr 0.002 backbone / 0.5 classifier, no weight decay)."""
+
+    epochs: int = 20
+    batch_size: int = 256  # global: split over the processes
+    lr_backbone: float = 0.002  # both cosine to 0 over the epochs, stepped once per epoch
+    lr_classifier: float = 0.5
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    init_std: float = 0.01  # classifier weights ~ N(0, init_std), bias 0
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # training crops: random-resized-crop + flip
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"  # torchvision's RRC default
+    seed: int = 0  # of the classifier's init, the crops and a drawn label subset
+
+
+@dataclass(frozen=True)
 class EvalConfig:
-    """Frozen-backbone evaluation: `fastbt eval knn|linear` and the online kNN monitor."""
+    """Evaluation: `fastbt eval knn|linear|finetune` and the online kNN monitor."""
 
     train: str = ""  # labeled sets: an image folder, or a converted dataset folder (manifest.json)
     val: str = ""
@@ -123,6 +140,7 @@ class EvalConfig:
     batch_size: int = 256  # images per forward pass when extracting features
     knn: KnnConfig = field(default_factory=KnnConfig)
     linear: LinearConfig = field(default_factory=LinearConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 @dataclass(frozen=True)
@@ -197,16 +215,18 @@ def derive(cfg: Config, world_size: int, dataset_size: int) -> Derived:
 RANGES = [
     (("train.epochs", "train.batch_size", "logging.every_steps", "profile.steps",
       "profile.trace_steps", "eval.resize", "eval.size", "eval.batch_size", "eval.knn.k",
-      "eval.knn.temperature", "eval.linear.epochs", "eval.linear.batch_size", "eval.linear.init_std"),
+      "eval.knn.temperature", "eval.linear.epochs", "eval.linear.batch_size", "eval.linear.init_std",
+      "eval.finetune.epochs", "eval.finetune.batch_size", "eval.finetune.init_std"),
      lambda v: v > 0, "> 0"),
     (("profile.repeats", "runtime.dist_timeout_s"), lambda v: v > 0, "> 0"),
     (("loss.lambd", "loss.scale", "optim.lr_weights", "optim.lr_biases", "optim.weight_decay",
       "optim.momentum", "optim.eta", "optim.warmup_epochs", "optim.final_lr_ratio",
       "train.checkpoint_every_steps", "train.checkpoint_every_minutes", "profile.warmup_steps",
       "data.workers", "eval.knn.every_epochs", "eval.linear.lr", "eval.linear.momentum",
-      "eval.linear.weight_decay"),
+      "eval.linear.weight_decay", "eval.finetune.lr_backbone", "eval.finetune.lr_classifier",
+      "eval.finetune.weight_decay", "eval.finetune.momentum"),
      lambda v: v >= 0, ">= 0"),
-    (("eval.linear.crop_scale",), lambda v: 0 < v[0] <= v[1] <= 1, "0 < lo <= hi <= 1"),
+    (("eval.linear.crop_scale", "eval.finetune.crop_scale"), lambda v: 0 < v[0] <= v[1] <= 1, "0 < lo <= hi <= 1"),
     (("model.projector",), lambda v: len(v) > 0 and min(v) > 0, "a non-empty list of positive sizes"),
 ]
 

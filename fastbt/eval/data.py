@@ -60,10 +60,11 @@ def center_crops(data: LabeledSet, *, size: int, resize: int, aug: AugSpec, batc
 
 
 def random_crops(data: LabeledSet, *, view: ViewSpec, size: int, interpolation: str, batch_size: int,
-                 device, seed: int, workers: int):
+                 device, seed: int, workers: int, rank: int = 0, world_size: int = 1, subset=None):
     """A crop source (pipelines.loader.CropSource) of uint8 random-resized-crop + flip batches,
-    seeded per epoch (call set_epoch), the last partial batch dropped. Of each pair it yields,
-    use the first crop: the sources decode once and crop twice, for pretraining."""
+    seeded per epoch (call set_epoch), this rank's share, the last partial batch dropped. Of each
+    pair it yields, use the first crop: the sources decode once and crop twice, for pretraining.
+    `subset`: indices into the set's samples (an image folder only) to read instead of all."""
     aug = AugSpec(view1=view, view2=view, size=size, interpolation=interpolation)
-    return pipelines.build_loader(data.format, data.path, aug=aug, batch_size=batch_size, device=device,
-                                  seed=seed, workers=workers).crops
+    return pipelines.build_crops(data.format, data.path, aug=aug, batch_size=batch_size, device=device,
+                                 seed=seed, workers=workers, rank=rank, world_size=world_size, subset=subset)

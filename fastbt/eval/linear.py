@@ -17,9 +17,7 @@ from the newest. The result is written as JSON to <probe directory>.json (beside
 
 from __future__ import annotations
 
-import json
 import math
-import re
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -30,16 +28,14 @@ from torch import Tensor, nn
 
 from fastbt import config, dist
 from fastbt.config import Config
-from fastbt.errors import ConfigError
+from fastbt.eval import evaldir
 from fastbt.eval.data import LabeledSet, center_crops, random_crops, train_and_val
 from fastbt.eval.features import Frozen, bank_dtype, extract_features, place
 from fastbt.eval.knn import accuracy, topk_correct
 from fastbt.eval.protocol import beside, labeled_paths, write_result
 from fastbt.eval.weights import load_backbone
-from fastbt.runlog import RunLog
-from fastbt.train import checkpoint, rundir
+from fastbt.train import rundir
 from pipelines.augment import ViewSpec, normalize, to_float
-from pipelines.convert.source import printable
 
 Batches = Callable[[int], Iterator[tuple[Tensor, Tensor]]]  # epoch -> (features, labels) batches
 
@@ -96,46 +92,11 @@ def head_accuracy(head: nn.Module, features: Tensor, labels: Tensor, chunk: int 
     return accuracy(correct, len(labels))
 
 
-def _check_same_setup(saved: dict, setup: dict, out_dir: Path) -> None:
-    for key in setup:
-        if saved.get(key) != setup[key]:
-            raise ConfigError(f"{out_dir} holds a linear probe with other settings ({key}: "
-                              f"{saved.get(key)!r} there, {setup[key]!r} now); rerun with the same "
-                              "settings to resume, or choose another output directory")
-
-
-# A probe directory holds these and nothing else; MARKER, written first, is what makes it ours.
-MARKER = "probe.json"
-PROBE_FILES = re.compile(r"\.?(probe\.json|log\.jsonl|ckpt_\d{9}\.pt)(\.tmp)?")
-
-
-def claim_out_dir(out_dir: Path, setup: dict) -> None:
-    """Make `out_dir` this probe's (a new or empty folder gets MARKER), or check that it is one with
-    the same setup (to resume it). Anything else is refused before a file is touched."""
-    found = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
-    if not found:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint.atomic_write(out_dir / MARKER, lambda f: f.write(json.dumps({"setup": setup}).encode()))
-        return
-    foreign = [name for name in found if not PROBE_FILES.fullmatch(name)]
-    if MARKER not in found or foreign:
-        shown = ", ".join(printable(name) for name in (foreign or found)[:3])
-        raise ConfigError(f"{printable(out_dir)} holds files no linear probe wrote ({shown}"
-                          f"{' ...' if len(foreign or found) > 3 else ''}); choose another --out")
-    try:
-        saved = json.loads((out_dir / MARKER).read_text())["setup"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ConfigError(f"{out_dir / MARKER} is damaged ({type(err).__name__}); choose another --out") from None
-    _check_same_setup(saved, setup, out_dir)
-
-
 def check_batches(train: LabeledSet, batch_size: int, cached: bool) -> None:
     """The augmented probe drops each epoch's last partial batch: fewer images than a batch would
     train the head on none, and report the untrained head's accuracy."""
-    if not cached and train.size < batch_size:
-        raise ConfigError(f"eval.linear.batch_size {batch_size} is more than the {train.size} images of "
-                          f"{train.path}: every epoch would train on none (a partial batch is dropped); "
-                          f"set eval.linear.batch_size={train.size} or less")
+    if not cached:
+        evaldir.refuse_empty_epochs(train.size, batch_size, "eval.linear.batch_size", train.path)
 
 
 def _probe_data(cfg: Config, frozen: Frozen, width: int, train, val, cached: bool, device):
@@ -162,34 +123,17 @@ def _train_head(lin, head: nn.Module, optimizer, train_batches, val: tuple, save
                 out_dir: Path, setup: dict) -> list[dict]:
     """The epochs not done yet (resumed from `saved`), a checkpoint and a log record after each;
     returns every epoch's record."""
-    epoch, history = 0, []
-    if saved is not None:
-        head.load_state_dict(saved["head"])
-        optimizer.load_state_dict(saved["optimizer"])
-        epoch, history = saved["epoch"], saved["history"]
-        print(f"linear probe: resumed from {saved['path']} (epoch {epoch} of {lin.epochs})", flush=True)
-    log_path = out_dir / "log.jsonl"
-    log_path.unlink(missing_ok=True)  # the log is the checkpoint's history, then each new epoch
-    log = RunLog(log_path)
-    for record in history:
-        log.write(record)
-
-    while epoch < lin.epochs:
+    def one_epoch(epoch: int) -> dict:
         epoch_start = time.perf_counter()
         lr = cosine_lr(lin.lr, epoch, lin.epochs)
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss, images = train_epoch(head, optimizer, train_batches(epoch))
-        epoch += 1
-        record = {"epoch": epoch, "lr": lr, "train_loss": loss, **head_accuracy(head, *val),
-                  "train_images": images, "seconds": time.perf_counter() - epoch_start}
-        history.append(record)
-        checkpoint.save(out_dir, epoch, {"head": head.state_dict(), "optimizer": optimizer.state_dict(),
-                                         "epoch": epoch, "history": history, "setup": setup})
-        log.write(record)
-        print(f"linear probe: epoch {epoch}/{lin.epochs}  loss {record['train_loss']:.3f}  "
-              f"top-1 {record['top1']:.2f}%  top-5 {record['top5']:.2f}%", flush=True)
-    return history
+        return {"lr": lr, "train_loss": loss, **head_accuracy(head, *val), "train_images": images,
+                "seconds": time.perf_counter() - epoch_start}
+
+    return evaldir.run_epochs(lin.epochs, {"head": head, "optimizer": optimizer}, one_epoch, saved,
+                              out_dir, setup, "linear probe")
 
 
 def linear_probe(cfg: Config, weights: str | Path, cached: bool = False,
@@ -208,10 +152,8 @@ def linear_probe(cfg: Config, weights: str | Path, cached: bool = False,
              "train": train.path, "val": val.path, "size": ev.size, "resize": ev.resize,
              "mean": list(cfg.aug.mean), "std": list(cfg.aug.std),
              **{f"eval.linear.{k}": v for k, v in config.to_dict(lin).items()}}
-    claim_out_dir(out_dir, setup)
-    saved = checkpoint.load_latest(out_dir, map_location=device)
-    if saved is not None:
-        _check_same_setup(saved.get("setup", {}), setup, out_dir)
+    evaldir.claim_out_dir(out_dir, setup, "linear probe")
+    saved = evaldir.load_saved(out_dir, setup, "linear probe", device)
 
     place(backbone, cfg.runtime, device).eval().requires_grad_(False)
     frozen = Frozen.configured(backbone, cfg.runtime, device)
@@ -231,6 +173,5 @@ def linear_probe(cfg: Config, weights: str | Path, cached: bool = False,
               "num_val": val.size, "recipe": config.to_dict(lin), "size": ev.size, "resize": ev.resize,
               "out_dir": str(out_dir), "device": str(device), "extract_seconds": extract_seconds,
               "train_seconds": sum(r["seconds"] for r in history)}
-    # <out_dir>.json: beside the weights by default; two probes with their own --out keep their own
-    write_result(result, out_dir.with_name(out_dir.name + ".json"))
+    write_result(result, evaldir.result_path(out_dir))
     return result

@@ -110,15 +110,16 @@ class TorchvisionCrops:
     """Crop source over an ImageNet-layout folder (see pipelines.loader.CropSource)."""
 
     def __init__(self, path: str, aug: AugSpec, batch_size: int, device, rank: int, world_size: int,
-                 seed: int, workers: int):
+                 seed: int, workers: int, subset=None):
         source = scan(path)
         if not source.samples:
             raise DataError(f"{path}: no images found under its class folders")
-        self.dataset_size = len(source.samples)
+        samples = source.samples if subset is None else [source.samples[i] for i in subset]
+        self.dataset_size = len(samples)
         self.num_classes = len(source.classes)
         self.batch_size, self.per_rank = batch_size, self.dataset_size // world_size
         self.device = torch.device(device)
-        self.dataset = _TwoCrops(Path(path), source.samples, aug, seed)
+        self.dataset = _TwoCrops(Path(path), samples, aug, seed)
         self.sampler = ShardedShuffle(self.dataset_size, rank, world_size, seed)
         self.loader = DataLoader(self.dataset, batch_size=batch_size, sampler=self.sampler,
                                  num_workers=workers, drop_last=True, collate_fn=_collate,
@@ -142,8 +143,9 @@ def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def torchvision_crops(path: str, *, aug: AugSpec, batch_size: int, device, rank: int = 0,
-                      world_size: int = 1, seed: int = 0, workers: int) -> TorchvisionCrops:
-    return TorchvisionCrops(path, aug, batch_size, device, rank, world_size, seed, workers)
+                      world_size: int = 1, seed: int = 0, workers: int, subset=None) -> TorchvisionCrops:
+    """`subset`: indices into scan(path).samples to read (a label subset), instead of all."""
+    return TorchvisionCrops(path, aug, batch_size, device, rank, world_size, seed, workers, subset)
 
 
 # ---- evaluation: one center crop per image ---------------------------------------------------
