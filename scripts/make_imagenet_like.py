@@ -43,7 +43,7 @@ GRAY_EVERY, CMYK_EVERY = 1_000, 5_000  # about one in GRAY_EVERY images is grays
 # Aspect ratios (long / short side) and how often: ImageNet is mostly 4:3 (500x375 and 375x500).
 ASPECTS, ASPECT_P = (4 / 3, 3 / 2, 1.0, 16 / 9, 5 / 4), (0.62, 0.14, 0.1, 0.06, 0.08)
 
-CONTRAST = (1.3, 2.2)  # tuned so the mean file is ~110 KB, as ImageNet's
+CONTRAST = (1.2, 2.0)  # tuned so the mean file is ~110 KB, as ImageNet's
 
 _pool: list[np.ndarray] = []
 
@@ -64,8 +64,8 @@ def texture_pool(seed: int) -> list[np.ndarray]:
 
 
 def image_size(rng: np.random.Generator) -> tuple[int, int]:
-    """(width, height): short side log-normal around 370 px, clipped to 200-1,000, 3 in 4 landscape."""
-    short = int(np.clip(rng.lognormal(np.log(360), 0.22), 200, 1000))
+    """(width, height): short side log-normal around 350 px, clipped to 200-1,000, 3 in 4 landscape."""
+    short = int(np.clip(rng.lognormal(np.log(345), 0.22), 200, 1000))
     if rng.random() < 0.03:  # ImageNet's tail of large photos
         short = int(rng.uniform(600, 1000))
     long = int(round(short * ASPECTS[rng.choice(len(ASPECTS), p=ASPECT_P)]))
