@@ -14,7 +14,7 @@ from PIL import Image
 from pipelines.convert import manifest
 from pipelines.convert.shards import IMAGE_EXT, LABEL_EXT
 from pipelines.crop_params import crops_and_flips
-from pipelines.dali_backend.index import read_index
+from pipelines.dali_backend.index import read_offsets
 
 
 # ---- the two-view loader (its DALI graphs are in pipelines.dali_backend.ops) -----------------
@@ -32,14 +32,10 @@ class ShardReader:
     def __init__(self, m: manifest.Manifest):
         self.paths = [str(p) for p in m.data_paths()]
         self.maps: dict[int, mmap.mmap] = {}  # shard -> its mapping, opened when first read
-        shard, where = [], []
-        for i, idx in enumerate(m.index_paths()):
-            entries = read_index(idx)
-            shard += [i] * len(entries)
-            where += [(*e[IMAGE_EXT], *e[LABEL_EXT]) for e in entries]
-        self.shard = np.array(shard, np.int64)
-        self.where = np.array(where, np.int64).reshape(-1, 4)  # jpeg offset, size, label offset, size
-        self.heights, self.widths = np.zeros(len(shard), np.int64), np.zeros(len(shard), np.int64)
+        where = [read_offsets(idx, (IMAGE_EXT, LABEL_EXT)) for idx in m.index_paths()]
+        self.shard = np.repeat(np.arange(len(where), dtype=np.int64), [len(w) for w in where])
+        self.where = np.concatenate(where or [np.zeros((0, 4), np.int64)])  # jpeg offset, size, label offset, size
+        self.heights, self.widths = np.zeros(len(self.shard), np.int64), np.zeros(len(self.shard), np.int64)
 
     def __len__(self) -> int:
         return len(self.shard)

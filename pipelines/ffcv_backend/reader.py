@@ -16,6 +16,7 @@ import numpy as np
 from pipelines.convert import manifest
 from pipelines.errors import DataError
 from pipelines.ffcv_backend.beton import IMAGE_FIELD, LABEL_FIELD, check_header
+from pipelines.ffcv_backend.memory import choose_os_cache
 from pipelines.ffcv_backend.threads import torch_threads_kept
 
 if TYPE_CHECKING:  # torch and pipelines.loader are imported where used
@@ -116,7 +117,7 @@ class FFCVCrops:
         workers = loader_threads(workers)
         self.crops = TwoCrops(aug, seed, ThreadPoolExecutor(workers, thread_name_prefix="ffcv-crops"), workers)
         self.order = EpochOrder(rank, world_size, seed)
-        self.loader = Loader(beton, batch_size=batch_size, num_workers=workers,
+        self.loader = Loader(beton, batch_size=batch_size, num_workers=workers, os_cache=choose_os_cache(beton),
                              order=self.order, seed=seed, drop_last=True, pipelines={
             IMAGE_FIELD: PipelineSpec(IMAGE_FIELD, JpegBytes(_largest_sample(beton)),
                                       [self.crops, *_to_tensor(device)]),
@@ -178,6 +179,7 @@ def ffcv_center_crops(path: str, *, size: int, resize: int, mean, std, batch_siz
     device = torch.device(device)
     share = rank_range(m.num_images, rank, world_size)
     loader = Loader(beton, batch_size=batch_size, num_workers=loader_threads(workers), order=OrderOption.SEQUENTIAL,
+                    os_cache=choose_os_cache(beton),
                     indices=np.arange(share.start, share.stop), drop_last=False, pipelines={
         IMAGE_FIELD: [CenterCropRGBImageDecoder((size, size), size / resize), *_to_tensor(device)],
         LABEL_FIELD: [IntDecoder(), *_to_tensor(device, Squeeze(1))]})
