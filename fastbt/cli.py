@@ -108,7 +108,7 @@ def _convert(args: argparse.Namespace) -> int:
 
     flags = {key: getattr(args, key) for key in ("format", "max_resolution", "jpeg_quality", "shard_size",
                                                  "limit", "max_unreadable", "seed", "workers")}
-    settings = dataclasses.replace(config.load(args.config, args.overrides).convert,
+    settings = dataclasses.replace(config.load_convert(args.config, args.overrides),
                                    **{k: v for k, v in flags.items() if v is not None})
     options = Options(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(Options)})
     try:

@@ -703,3 +703,22 @@ def test_a_journal_line_that_is_json_but_no_record_counts_as_torn(odd, tmp_path,
     m = convert(odd.root, tmp_path / "out", Options("dali", **OPTIONS), workers=1, progress=False,
                 log=lambda msg: None)
     assert m.num_images == 18
+
+
+TORCH_AT_FORK = """
+        import pipelines.convert.pool as pool
+        real = pool.write_shards
+        def spy(*args, **kwargs):
+            print("torch imported when the writers fork:", "torch" in sys.modules)
+            return real(*args, **kwargs)
+        pool.write_shards = spy
+"""
+
+
+@pytest.mark.parametrize("fmt", ["dali", "ffcv"])
+def test_the_shard_writers_fork_from_a_process_without_torch(src, tmp_path, fmt):
+    # each forked writer inherits what the main process imported: torch was ~380 MB of RSS per
+    # writer (docs/scale.md), ~25 GB summed over a 64-core node's writers, for nothing they use
+    result = run_python(convert_code(src, tmp_path / "out", fmt, 2, patch=TORCH_AT_FORK))
+    assert result.returncode == 0, result.stderr
+    assert "torch imported when the writers fork: False" in result.stdout, result.stdout

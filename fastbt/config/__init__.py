@@ -36,6 +36,13 @@ def load(path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -
     return from_dict(read(to_dict(Config()), path, overrides))
 
 
+def load_convert(path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> ConvertConfig:
+    """The convert.* section alone, for `fastbt convert`. Building the whole Config would check the
+    model and loss names against their registries, which import torch; the conversion's shard
+    writers fork from this process, and each would inherit torch's ~380 MB (docs/scale.md)."""
+    return build(ConvertConfig, read(to_dict(Config()), path, overrides)["convert"], prefix="convert.")
+
+
 def from_dict(tree: dict[str, Any]) -> Config:
     """Build a Config from a complete nested dict, converting and checking every value."""
     cfg = build(Config, tree, prefix="")
