@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from fastbt import config
+from fastbt import config, dist
 from fastbt.errors import ConfigError
 from fastbt.profiling import report, windows
 
@@ -63,10 +63,16 @@ def sweep(config_path: str | None, overrides: list[str], axes: list[tuple[str, l
     runs = [(setting, config.load(config_path, [*overrides, *setting]))
             for setting in settings(axes, one_at_a_time)]
     main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun every rank runs this
-    for n, (setting, cfg) in enumerate(runs):
-        if main_rank:
-            print(f"fastbt profile --sweep: {n + 1}/{len(runs)}: {_name(setting)}", flush=True)
-        windows.profile(cfg, out_dir / f"{n:02d}")
+    # one process group for every setting: leaving it and joining again under torchrun hung the
+    # second setting (tests/test_sweep_launch.py)
+    dist.init(runs[0][1].runtime.device, runs[0][1].runtime.dist_timeout_s)
+    try:
+        for n, (setting, cfg) in enumerate(runs):
+            if main_rank:
+                print(f"fastbt profile --sweep: {n + 1}/{len(runs)}: {_name(setting)}", flush=True)
+            windows.profile(cfg, out_dir / f"{n:02d}")
+    finally:
+        dist.teardown()
     if not main_rank:
         return None
     rows = [_row(setting, out_dir / f"{n:02d}" / "report.json") for n, (setting, _) in enumerate(runs)]

@@ -71,6 +71,7 @@ PREFETCH_PER_WORKER, PREFETCH_SLACK = 2, 3
 def profile(cfg: Config, out_dir: str | Path) -> Path:
     """Measure (every process), write the report (rank 0), return its folder."""
     out_dir = Path(out_dir)
+    joins_here = not torch_dist.is_initialized()  # a sweep keeps one group for all its settings
     world = dist.init(cfg.runtime.device, cfg.runtime.dist_timeout_s)
     try:
         if world.is_main:
@@ -82,7 +83,8 @@ def profile(cfg: Config, out_dir: str | Path) -> Path:
                   flush=True)
         return out_dir
     finally:
-        dist.teardown()
+        if joins_here:
+            dist.teardown()
 
 
 @dataclass
