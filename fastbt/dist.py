@@ -140,6 +140,20 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
+@contextmanager
+def joined(device_preference: str = "auto", timeout_s: float = 600):
+    """`init` for the length of a block, whose end leaves the group only if this block joined it: a
+    caller that holds one across several such blocks (a profile sweep over its settings) keeps it,
+    as leaving and joining again under torchrun hangs."""
+    joins_here = not dist.is_initialized()
+    world = init(device_preference, timeout_s)
+    try:
+        yield world
+    finally:
+        if joins_here:
+            teardown()
+
+
 def seed_everything(seed: int) -> None:
     """Same seed on every rank: model initialization must be identical before DDP broadcasts."""
     random.seed(seed)

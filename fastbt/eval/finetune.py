@@ -38,7 +38,7 @@ from fastbt.eval.weights import load_backbone
 from fastbt.precision import autocast_dtype, use_channels_last
 from fastbt.train import rundir
 import pipelines
-from pipelines.augment import ViewSpec, normalize, to_float
+from pipelines.augment import ViewSpec
 from pipelines.convert.source import scan
 
 WHAT = "fine-tuning"
@@ -156,14 +156,9 @@ def claim(out_dir: Path, setup: dict, world: dist.World) -> None:
 def finetune(cfg: Config, weights: str | Path, percent: int | None = None, subset_file: str | None = None,
              out_dir: str | Path | None = None) -> dict:
     """Fine-tune and score; returns the result (also written to <out_dir>.json by the first process)."""
-    joined = torch_dist.is_available() and torch_dist.is_initialized()  # a caller's group stays
-    world = dist.init(cfg.runtime.device, cfg.runtime.dist_timeout_s)
-    try:
-        with dist.lost_peers_stop_the_run(world):
-            return _finetune(cfg, weights, percent, subset_file, out_dir, world)
-    finally:
-        if not joined:
-            dist.teardown()
+    with dist.joined(cfg.runtime.device, cfg.runtime.dist_timeout_s) as world, \
+            dist.lost_peers_stop_the_run(world):
+        return _finetune(cfg, weights, percent, subset_file, out_dir, world)
 
 
 def _finetune(cfg: Config, weights, percent, subset_file, out_dir, world: dist.World) -> dict:

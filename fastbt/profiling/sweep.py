@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 from pathlib import Path
 
 from fastbt import config, dist
@@ -62,18 +61,14 @@ def sweep(config_path: str | None, overrides: list[str], axes: list[tuple[str, l
     out_dir = Path(out_dir)
     runs = [(setting, config.load(config_path, [*overrides, *setting]))
             for setting in settings(axes, one_at_a_time)]
-    main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun every rank runs this
     # one process group for every setting: leaving it and joining again under torchrun hung the
     # second setting (tests/test_sweep_launch.py)
-    dist.init(runs[0][1].runtime.device, runs[0][1].runtime.dist_timeout_s)
-    try:
+    with dist.joined(runs[0][1].runtime.device, runs[0][1].runtime.dist_timeout_s) as world:
         for n, (setting, cfg) in enumerate(runs):
-            if main_rank:
+            if world.is_main:
                 print(f"fastbt profile --sweep: {n + 1}/{len(runs)}: {_name(setting)}", flush=True)
             windows.profile(cfg, out_dir / f"{n:02d}")
-    finally:
-        dist.teardown()
-    if not main_rank:
+    if not world.is_main:
         return None
     rows = [_row(setting, out_dir / f"{n:02d}" / "report.json") for n, (setting, _) in enumerate(runs)]
     ranking = {"config": config_path, "overrides": overrides, "one_at_a_time": one_at_a_time,

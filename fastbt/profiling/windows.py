@@ -71,9 +71,7 @@ PREFETCH_PER_WORKER, PREFETCH_SLACK = 2, 3
 def profile(cfg: Config, out_dir: str | Path) -> Path:
     """Measure (every process), write the report (rank 0), return its folder."""
     out_dir = Path(out_dir)
-    joins_here = not torch_dist.is_initialized()  # a sweep keeps one group for all its settings
-    world = dist.init(cfg.runtime.device, cfg.runtime.dist_timeout_s)
-    try:
+    with dist.joined(cfg.runtime.device, cfg.runtime.dist_timeout_s) as world:
         if world.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
         results = measure(cfg, world, out_dir)
@@ -82,9 +80,6 @@ def profile(cfg: Config, out_dir: str | Path) -> Path:
             print(f"fastbt profile: {results['verdict']['summary']}\nreport: {out_dir / 'report.md'}",
                   flush=True)
         return out_dir
-    finally:
-        if joins_here:
-            dist.teardown()
 
 
 @dataclass
