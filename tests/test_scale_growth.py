@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from pipelines.convert import convert, manifest
 from pipelines.convert.options import Options
@@ -69,15 +70,19 @@ def test_read_offsets_matches_the_index_and_its_fallback(tmp_path):
         read_offsets(idx, ("jpg", "cls"))
 
 
-def test_epoch_order_time_per_sample_is_flat():
-    n = 200_000
-    cpu1, _ = _cpu_and_peak(lambda: epoch_order(n, 3, 8, 0, 1), repeats=5)
-    cpu4, _ = _cpu_and_peak(lambda: epoch_order(4 * n, 3, 8, 0, 1), repeats=5)
-    assert cpu4 < 8 * cpu1 + 0.01, (cpu1, cpu4)
+def test_epoch_order_costs_one_permutation():
+    # Not N against 4N: a random permutation's time per sample grows with N by itself once it leaves
+    # the caches (200k -> 800k measured 4.5x-12x here, a flaky failure), so the reference is the bare
+    # torch.randperm of the same N, timed interleaved. A per-sample Python step or a sort on top of it
+    # costs many times that.
+    n = 800_000
+    cpu_order, _ = _cpu_and_peak(lambda: epoch_order(n, 3, 8, 0, 1), repeats=5)
+    cpu_perm, _ = _cpu_and_peak(lambda: torch.randperm(n, generator=torch.Generator().manual_seed(1)), repeats=5)
+    assert cpu_order < 2 * cpu_perm + 0.005, (cpu_order, cpu_perm)
 
 
 @pytest.mark.slow  # imports ffcv (~9 s)
-def test_ffcv_epoch_order_time_per_sample_is_flat():
+def test_ffcv_epoch_order_costs_one_permutation():
     from pipelines.ffcv_backend.ops import EpochOrder
 
     def order(n):
@@ -85,10 +90,11 @@ def test_ffcv_epoch_order_time_per_sample_is_flat():
         o.indices, o.loader = np.arange(n), SimpleNamespace(batch_size=256)
         return lambda: o.sample_order(1)
 
-    n = 200_000
+    n = 800_000
     assert len(order(n)()) == n // 8 // 256 * 256
-    (cpu1, _), (cpu4, _) = _cpu_and_peak(order(n), 5), _cpu_and_peak(order(4 * n), 5)
-    assert cpu4 < 8 * cpu1 + 0.01, (cpu1, cpu4)
+    cpu_order, _ = _cpu_and_peak(order(n), 5)
+    cpu_perm, _ = _cpu_and_peak(lambda: torch.randperm(n, generator=torch.Generator().manual_seed(1)), 5)
+    assert cpu_order < 2 * cpu_perm + 0.005, (cpu_order, cpu_perm)  # as test_epoch_order_costs_one_permutation
 
 
 def _convert_cost(src: Path, out: Path) -> tuple[float, int]:
