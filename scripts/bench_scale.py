@@ -105,12 +105,10 @@ def _reap_all() -> None:
             return
 
 
-def run_convert(src: Path, out: Path, fmt: str, workers: int | None, extra: list[str],
-                kill_after_shards: int | None = None) -> dict:
-    """One `fastbt convert` subprocess, watched until it ends (or is killed at a shard count)."""
-    cmd = [sys.executable, "-m", "fastbt.cli", "convert", str(src), str(out), "--format", fmt, *extra]
-    if workers:
-        cmd += ["--workers", str(workers)]
+def run_watched(cmd: list[str], stop=None) -> dict:
+    """Run `cmd` (in the tree, on its PYTHONPATH) and watch its process tree until it ends, or until
+    `stop()` is true: then SIGKILL the whole tree. Wall, exact CPU of the tree, peak RSS and PSS,
+    the load average; its stdout and stderr."""
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     with tempfile.TemporaryFile("w+") as err:
         cpu0, load0, start = children_cpu_s(), os.getloadavg(), time.perf_counter()
@@ -121,7 +119,7 @@ def run_convert(src: Path, out: Path, fmt: str, workers: int | None, extra: list
             tree = _descendants()
             peak = max(peak, sum(_memory_bytes(pid, "status", "VmRSS:") for pid in tree))
             peak_pss = max(peak_pss, sum(_memory_bytes(pid, "smaps_rollup", "Pss:") for pid in tree))
-            if kill_after_shards is not None and _journaled_shards(out) >= kill_after_shards:
+            if stop is not None and stop():
                 for pid in _descendants():
                     os.kill(pid, signal.SIGKILL)
                 killed = True
@@ -133,13 +131,25 @@ def run_convert(src: Path, out: Path, fmt: str, workers: int | None, extra: list
         err.seek(0)
         stderr = err.read()
     if not killed and proc.returncode != 0:
-        raise SystemExit(f"convert failed ({proc.returncode}): {stderr[-2000:]}")
+        raise SystemExit(f"{' '.join(cmd[2:5])} failed ({proc.returncode}): {stderr[-2000:]}")
     return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "peak_rss_mb": round(peak / 2**20, 1),
             "peak_pss_mb": round(peak_pss / 2**20, 1),
             "loadavg_start": round(load0[0], 2), "loadavg_end": round(os.getloadavg()[0], 2),
-            "killed": killed, "shards_journaled": _journaled_shards(out) if killed else None,
+            "killed": killed, "stdout": stdout, "stderr": stderr}
+
+
+def run_convert(src: Path, out: Path, fmt: str, workers: int | None, extra: list[str],
+                kill_after_shards: int | None = None) -> dict:
+    """One `fastbt convert` subprocess, watched until it ends (or is killed at a shard count)."""
+    cmd = [sys.executable, "-m", "fastbt.cli", "convert", str(src), str(out), "--format", fmt, *extra]
+    if workers:
+        cmd += ["--workers", str(workers)]
+    stop = None if kill_after_shards is None else lambda: _journaled_shards(out) >= kill_after_shards
+    r = run_watched(cmd, stop)
+    stdout, stderr = r.pop("stdout").strip(), r.pop("stderr")
+    return {**r, "shards_journaled": _journaled_shards(out) if r["killed"] else None,
             "progress_updates_with_eta": _updates_with_eta(stderr),
-            "summary": stdout.strip().splitlines()[-1] if stdout.strip() else ""}
+            "summary": stdout.splitlines()[-1] if stdout else ""}
 
 
 def _updates_with_eta(stderr: str) -> int:

@@ -62,3 +62,18 @@ def _is_orphan_of(proc: Path, tmp_path: Path) -> bool:
         return str(tmp_path) in (proc / "cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return False
+
+
+@pytest.mark.slow  # one `fastbt eval knn` process (~15 s of CPU)
+def test_bench_eval_scale_measures_the_knn_command(tmp_path):
+    src = tmp_path / "src"
+    make_image_folder(src, classes=[f"c{i}" for i in range(3)], per_class=20, size=(48, 40))
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_eval_scale.py"), "--train", str(src),
+                           "--val", str(src), "--size", "32", "--only", "knn", "--json", str(tmp_path / "r.json")],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (knn,) = json.loads((tmp_path / "r.json").read_text())["runs"]
+    assert knn["kind"] == "knn" and knn["num_train"] == knn["num_val"] == 60
+    assert knn["bank_mb"] == round(60 * 512 * 4 / 2**20, 1)  # resnet18's 512 features, fp32
+    assert knn["peak_rss_mb"] >= knn["peak_pss_mb"] > 50 and knn["cpu_s"] > 0 and knn["extract_images_per_s"] > 0
