@@ -707,12 +707,43 @@ def test_a_journal_line_that_is_json_but_no_record_counts_as_torn(odd, tmp_path,
 
 TORCH_AT_FORK = """
         import pipelines.convert.pool as pool
-        real = pool.write_shards
-        def spy(*args, **kwargs):
+        real = pool.ShardWriters.__enter__
+        def spy(self):
             print("torch imported when the writers fork:", "torch" in sys.modules)
-            return real(*args, **kwargs)
-        pool.write_shards = spy
+            return real(self)
+        pool.ShardWriters.__enter__ = spy
 """
+
+# What the main process holds per source image (~300 bytes: ~400 MB at ImageNet scale), made large
+# here at once: 300 MB, resident, allocated when the scan returns; and the largest writer's RSS,
+# read each time a finished shard is journaled.
+RECORDS_AFTER_SCAN = """
+        import pipelines.convert.driver as driver, pipelines.convert.journal as journal
+        real_scan, real_append = driver.scan, journal.append
+        def scan(*args, **kwargs):
+            global records
+            records = b"x" * (300 << 20)
+            return real_scan(*args, **kwargs)
+        def append(path, line):
+            me, sizes = str(os.getpid()), [0]
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    status = open(f"/proc/{pid}/status").read()
+                except OSError:
+                    continue
+                if f"\\nPPid:\\t{me}\\n" in status:
+                    sizes.append(int(status.split("VmRSS:")[1].split()[0]) >> 10)
+            print("largest writer RSS MB:", max(sizes), flush=True)
+            return real_append(path, line)
+        driver.scan, journal.append = scan, append
+"""
+
+
+def test_the_shard_writers_do_not_inherit_what_the_main_process_holds_per_image(src, tmp_path):
+    result = run_python(convert_code(src, tmp_path / "out", "dali", 2, patch=RECORDS_AFTER_SCAN))
+    assert result.returncode == 0, result.stderr
+    sizes = [int(line.split()[-1]) for line in result.stdout.splitlines() if line.startswith("largest writer")]
+    assert len(sizes) >= 6 and 0 < max(sizes) < 150, sizes  # forked after the scan: > 300 MB each
 
 
 @pytest.mark.parametrize("fmt", ["dali", "ffcv"])

@@ -64,19 +64,20 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, options: Options, *,
 def _convert(src: Path, out: Path, partial: Path, options: Options, workers: int, overwrite: bool,
              progress: bool, log) -> manifest.Manifest:
     start = time.perf_counter()
-
-    source = scan(src, options.limit)
     writer = backend(options.format).writer
     shard_dir = partial / SPOOL_NAME if writer.spooled else partial
-    try:
-        kept, n_todo = _build(source, partial, shard_dir, options, writer, workers, overwrite, progress, log)
-    except OSError as err:
-        if err.errno not in DISK_FULL:
-            raise
-        for leftover in shard_dir.glob("*.tmp"):  # shards cut short: free their space now
-            leftover.unlink(missing_ok=True)
-        raise NoSpace(err.filename or partial, _space_missing(source, writer, partial),
-                      os.strerror(err.errno)) from None
+    with pool.ShardWriters(workers) as writers:  # forked before the scan: see ShardWriters
+        source = scan(src, options.limit)
+        try:
+            kept, n_todo = _build(source, partial, shard_dir, options, writer, writers, overwrite, progress, log)
+        except OSError as err:
+            if err.errno not in DISK_FULL:
+                raise
+            writers.close()  # first: a writer still running would start another shard meanwhile
+            for leftover in shard_dir.glob("*.tmp"):  # shards cut short: free their space now
+                leftover.unlink(missing_ok=True)
+            raise NoSpace(err.filename or partial, _space_missing(source, writer, partial),
+                          os.strerror(err.errno)) from None
     _check_destination(src, out, partial, overwrite)  # again: OUT may have changed meanwhile
     _move_into_place(partial, out)
 
@@ -93,21 +94,22 @@ def _convert(src: Path, out: Path, partial: Path, options: Options, workers: int
     return m
 
 
-def _build(source: Source, partial: Path, shard_dir: Path, options: Options, writer: Writer, workers: int,
-           overwrite: bool, progress: bool, log) -> tuple[dict, int]:
+def _build(source: Source, partial: Path, shard_dir: Path, options: Options, writer: Writer,
+           writers: pool.ShardWriters, overwrite: bool, progress: bool, log) -> tuple[dict, int]:
     """Write the whole dataset into `partial`: returns the shards resumed and the files read."""
     plan = {"source": str(source.root), **options.plan(), "fingerprint": _fingerprint(source)}
     kept = journal.open_partial(partial, shard_dir, plan, writer, overwrite, log)
     jobs = shards.shard_jobs(source.samples, options.shard_size, options.seed)
     todo = [job for job in jobs if job.index not in kept]
     n_todo = sum(len(job.items) for job in todo)
-    results = list(kept.values()) + pool.write_shards(
-        todo, source, shard_dir, options, workers, partial / JOURNAL_NAME,
-        done=len(source.samples) - n_todo, progress=progress)
+    results = list(kept.values()) + writers.write(
+        todo, source, shard_dir, options, partial / JOURNAL_NAME, done=len(source.samples) - n_todo,
+        progress=progress)
+    writers.close()
     results.sort(key=lambda r: r.index)
     _check_unreadable(source, results, options.max_unreadable, partial)
 
-    files = writer.pack(partial, shard_dir, results, workers, progress)  # the format's data files
+    files = writer.pack(partial, shard_dir, results, writers.workers, progress)  # the format's data files
     manifest.write(partial, _manifest(source, options, results, files))
     return kept, n_todo
 

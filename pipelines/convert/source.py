@@ -44,7 +44,7 @@ class UnreadableImage(Exception):
     """A file that cannot be decoded into an image; the message is the reason, in one line."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per source image: no __dict__ each
 class Sample:
     path: str  # relative to the source root, with forward slashes
     label: int
