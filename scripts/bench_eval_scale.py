@@ -5,7 +5,7 @@ a large labeled train set, as a user runs them, each one subprocess whose whole 
     nice -n 10 .venv/bin/python scripts/bench_eval_scale.py --train T --val V
         [--weights W] [--arch resnet18] [--size 64] [--json result.json]
 
-For each command: wall time, CPU of the process tree, peak RSS and PSS of the tree
+For each command: wall time, CPU of the process tree, peak RSS, PSS and anonymous RSS of the tree
 (`bench_scale.run_watched`), the images per second of feature extraction (train + val images over
 the seconds the command reports), and the bytes its feature bank or cache needs (N x width x 4, fp32
 on CPU). The linear probe runs one epoch: the cache is what is measured, not the head. Without

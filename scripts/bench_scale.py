@@ -8,8 +8,9 @@ Runs `python -m fastbt.cli convert SRC OUT --format F` and records: wall time; C
 whole process tree (user + system, exact: this process is a child subreaper, so the pool workers
 are waited for here even when their parent is killed); peak RSS of the tree (the sum of VmRSS of
 every process in it, sampled every 0.1 s: shared pages count once per process, an upper bound);
-peak PSS of the tree (shared pages
-split between the processes sharing them: what the tree really holds); bytes on disk per image (allocated blocks of OUT); the load average; whether the progress bar
+peak PSS of the tree (shared pages split between the processes sharing them: what the tree really
+holds); peak anonymous RSS of the tree (RssAnon: the heap, not the mapped files that the page
+cache can drop); bytes on disk per image (allocated blocks of OUT); the load average; whether the progress bar
 showed images/s and an ETA.
 
 --kill-at F: SIGKILL the whole tree (what preemption or the OOM killer does) once a fraction F of
@@ -113,12 +114,13 @@ def run_watched(cmd: list[str], stop=None) -> dict:
     with tempfile.TemporaryFile("w+") as err:
         cpu0, load0, start = children_cpu_s(), os.getloadavg(), time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
-        peak = peak_pss = 0
+        peak = peak_pss = peak_anon = 0
         killed = False
         while proc.poll() is None:
             tree = _descendants()
             peak = max(peak, sum(_memory_bytes(pid, "status", "VmRSS:") for pid in tree))
             peak_pss = max(peak_pss, sum(_memory_bytes(pid, "smaps_rollup", "Pss:") for pid in tree))
+            peak_anon = max(peak_anon, sum(_memory_bytes(pid, "status", "RssAnon:") for pid in tree))
             if stop is not None and stop():
                 for pid in _descendants():
                     os.kill(pid, signal.SIGKILL)
@@ -133,7 +135,7 @@ def run_watched(cmd: list[str], stop=None) -> dict:
     if not killed and proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[2:5])} failed ({proc.returncode}): {stderr[-2000:]}")
     return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "peak_rss_mb": round(peak / 2**20, 1),
-            "peak_pss_mb": round(peak_pss / 2**20, 1),
+            "peak_pss_mb": round(peak_pss / 2**20, 1), "peak_anon_mb": round(peak_anon / 2**20, 1),
             "loadavg_start": round(load0[0], 2), "loadavg_end": round(os.getloadavg()[0], 2),
             "killed": killed, "stdout": stdout, "stderr": stderr}
 
@@ -185,6 +187,7 @@ def measure(src: Path, out: Path, fmt: str, workers: int | None, kill_at: float 
     return {"format": fmt, "n": n, "classes": len(m["classes"]), "workers": workers, "src": str(src),
             "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "cpu_ms_per_image": round(1e3 * cpu / n, 3),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "peak_pss_mb": max(r["peak_pss_mb"] for r in runs),
+            "peak_anon_mb": max(r["peak_anon_mb"] for r in runs),
             "bytes_per_image": round(allocated / n), "apparent_bytes_per_image": round(apparent / n),
             "loadavg": max(r["loadavg_end"] for r in runs), "interrupted": kill_at is not None,
             "progress_updates_with_eta": sum(r["progress_updates_with_eta"] for r in runs), "runs": runs,
