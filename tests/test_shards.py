@@ -35,6 +35,23 @@ def test_shard_jobs_hold_every_sample_once_in_shards_of_the_size():
         assert all((path, label) == (samples[pos].path, samples[pos].label) for pos, path, label in job.items)
 
 
+def test_the_plan_builds_each_job_when_asked_and_holds_no_object_per_sample():
+    import tracemalloc
+
+    samples = class_sorted_source(100, 500)  # 50,000
+    tracemalloc.start()
+    try:
+        jobs = shards.shard_jobs(samples, 1000, seed=0)
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert held / len(samples) < 20, held / len(samples)  # the order: 8 bytes; a tuple each was ~100
+    assert [jobs.size(i) for i in range(len(jobs))] == [len(job.items) for job in jobs] == [1000] * 50
+    assert jobs[-1] == jobs[49] and jobs[49].index == 49
+    with pytest.raises(IndexError):
+        jobs[50]
+
+
 def test_the_same_seed_gives_the_same_assignment_and_another_seed_another():
     samples = class_sorted_source()
     assert positions(shards.shard_jobs(samples, SHARD, 7)) == positions(shards.shard_jobs(samples, SHARD, 7))

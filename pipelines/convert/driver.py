@@ -100,11 +100,11 @@ def _build(source: Source, partial: Path, shard_dir: Path, options: Options, wri
     plan = {"source": str(source.root), **options.plan(), "fingerprint": _fingerprint(source)}
     kept = journal.open_partial(partial, shard_dir, plan, writer, overwrite, log)
     jobs = shards.shard_jobs(source.samples, options.shard_size, options.seed)
-    todo = [job for job in jobs if job.index not in kept]
-    n_todo = sum(len(job.items) for job in todo)
+    todo = [index for index in range(len(jobs)) if index not in kept]
+    n_todo = sum(jobs.size(index) for index in todo)
     results = list(kept.values()) + writers.write(
-        todo, source, shard_dir, options, partial / JOURNAL_NAME, done=len(source.samples) - n_todo,
-        progress=progress)
+        jobs, todo, source, shard_dir, options, partial / JOURNAL_NAME,
+        done=len(source.samples) - n_todo, progress=progress)
     writers.close()
     results.sort(key=lambda r: r.index)
     _check_unreadable(source, results, options.max_unreadable, partial)

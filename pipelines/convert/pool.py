@@ -15,7 +15,7 @@ from tqdm import tqdm
 from pipelines.backends import backend
 from pipelines.convert import journal, shards
 from pipelines.convert.options import Options
-from pipelines.convert.shards import ShardJob, ShardResult
+from pipelines.convert.shards import ShardJob, ShardPlan, ShardResult
 from pipelines.convert.source import Source, printable
 from pipelines.errors import DataError
 
@@ -90,12 +90,12 @@ class ShardWriters:
             self._pool.join()
             self._pool = None
 
-    def write(self, jobs: list[ShardJob], source: Source, folder: Path, options: Options,
+    def write(self, jobs: ShardPlan, todo: list[int], source: Source, folder: Path, options: Options,
               journal_path: Path, done: int, progress: bool) -> list[ShardResult]:
-        """Write the jobs' shards in parallel; each finished shard is renamed into place and
-        journaled by this process as soon as it arrives, so an interruption loses only the
-        shards in flight."""
-        if not jobs:
+        """Write the shards `todo` of `jobs` in parallel (each job is built as a writer is ready
+        for it); each finished shard is renamed into place and journaled by this process as soon
+        as it arrives, so an interruption loses only the shards in flight."""
+        if not todo:
             return []
         results = []
         bar = tqdm(total=len(source.samples), initial=done, unit="img", desc="convert", smoothing=0.05,
@@ -103,8 +103,8 @@ class ShardWriters:
         work = functools.partial(_write_shard, src_root=source.root, folder=folder,
                                  max_side=options.max_resolution, quality=options.jpeg_quality, fmt=options.format)
         with bar:
-            pending = self._pool.imap_unordered(work, jobs)
-            while len(results) < len(jobs):
+            pending = self._pool.imap_unordered(work, (jobs[index] for index in todo))
+            while len(results) < len(todo):
                 try:
                     result = pending.next(timeout=0.2)
                 except multiprocessing.TimeoutError:
