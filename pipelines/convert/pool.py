@@ -68,7 +68,7 @@ def _write_shard(job: ShardJob, src_root: Path, folder: Path, max_side: int, qua
 class ShardWriters:
     """W shard-writer processes. Forked when entered, which the driver does before it scans the
     source: a worker forked later inherits the main process's heap, a record per source image
-    (~300 bytes: ~400 MB at ImageNet scale), counted in every writer's RSS and partly copied into
+    (~150 bytes: ~200 MB at ImageNet scale), counted in every writer's RSS and partly copied into
     each as its garbage collector touches it. Forked early, a writer holds the imports alone."""
 
     def __init__(self, workers: int):
