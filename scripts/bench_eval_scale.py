@@ -43,17 +43,19 @@ def random_weights(arch: str, path: Path) -> Path:
 def run_eval(kind: str, weights: Path, train: str, val: str, arch: str, size: int, workers: int,
              out: Path) -> dict:
     """One `fastbt eval knn` or `fastbt eval linear --cached-features` (one epoch), watched."""
+    from fastbt.eval.evaldir import result_path
+    from fastbt.eval.setup import proportional_resize
+    from fastbt.train.model import feature_width
+
     extra = ["--cached-features", "eval.linear.epochs=1"] if kind == "linear" else []
     cmd = [sys.executable, "-m", "fastbt.cli", "eval", kind, "--weights", str(weights), "--train", train,
            "--val", val, "--arch", arch, "--out", str(out), *extra, "runtime.device=cpu", "runtime.precision=fp32",
-           f"eval.size={size}", f"eval.resize={round(size * 256 / 224)}", f"data.workers={workers}"]
+           f"eval.size={size}", f"eval.resize={proportional_resize(size)}", f"data.workers={workers}"]
     watched = run_watched(cmd)
     del watched["stdout"], watched["stderr"]
-    result = json.loads((out if kind == "knn" else out.with_name(out.name + ".json")).read_text())
+    result = json.loads((out if kind == "knn" else result_path(out)).read_text())
     images = result["num_train"] + result["num_val"]
     seconds = result["seconds"] if kind == "knn" else result["extract_seconds"]
-    from fastbt.train.model import feature_width
-
     return {"kind": kind, "num_train": result["num_train"], "num_val": result["num_val"],
             "extract_images_per_s": round(images / seconds, 1), "reported_seconds": round(seconds, 2),
             "bank_mb": round(result["num_train"] * feature_width(arch) * 4 / 2**20, 1),
@@ -66,7 +68,7 @@ def main(argv=None) -> None:
     p.add_argument("--val", required=True)
     p.add_argument("--weights", type=Path)
     p.add_argument("--arch", default="resnet18")
-    p.add_argument("--size", type=int, default=64, help="eval.size (center crop); resize is size x 256/224")
+    p.add_argument("--size", type=int, default=64, help="eval.size (center crop); resize as fastbt eval sets it (x 256/224)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--only", choices=("knn", "linear"), help="run one of the two (default: both)")
     p.add_argument("--json", type=Path, help="also write the result here")

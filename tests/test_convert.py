@@ -714,7 +714,7 @@ TORCH_AT_FORK = """
         pool.ShardWriters.__enter__ = spy
 """
 
-# What the main process holds per source image (~300 bytes: ~400 MB at ImageNet scale), made large
+# What the main process holds per source image (~150 bytes: ~200 MB at ImageNet scale), made large
 # here at once: 300 MB, resident, allocated when the scan returns; and the largest writer's RSS,
 # read each time a finished shard is journaled.
 RECORDS_AFTER_SCAN = """
